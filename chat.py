@@ -1,0 +1,570 @@
+"""
+The one home of nanotalk's data path: the dialogue text format, tokenizers, and shard files.
+
+Prepare scripts, train.py and sample.py all import this, so the text a model trains on and the
+prompt sample.py builds come from the same function (render). The format (see README):
+
+    <eot>Context: persona or title\n\n\nA: hello\n\n\nB: hi there\n\n\nA: ...\n\n\n
+
+No torch here: preparing data never needs it.
+"""
+import argparse
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import time
+import zlib
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+# -----------------------------------------------------------------------------
+# the text format (DESIGN contracts 1-3)
+
+LABELS = ("A", "B")        # turns alternate A, B, A, ...; in chat the user is A, the model B
+CONTEXT_LABEL = "Context"  # persona / submission title, rendered before the turns
+SEPARATOR = "\n\n\n"       # ends every turn, the last one included
+FORMAT_VERSION = 1
+
+# role byte, one per token: low 4 bits = speaker (0 none: eot, context, plain text; 1 = A; 2 = B)
+ROLE_FIRST_TURN = 16       # token belongs to the dialogue's first turn
+ROLE_CONTEXT = 32          # token belongs to the context block
+
+
+def speaker_role(turn_index):
+    return turn_index % len(LABELS) + 1
+
+
+@dataclass
+class Dialogue:
+    turns: list            # messages (str), speakers alternate A, B, A, ...
+    context: str = None    # optional persona / title block
+    key: str = None        # what decides the train/val split (e.g. a thread id); default: content
+
+
+@dataclass
+class Document:
+    text: str              # plain text for pretraining: eot + text, no labels
+    key: str = None
+
+
+def normalize(message):
+    """Collapse 3+ newlines and strip outer whitespace, so a message can never contain or touch
+    the separator and the separator always tokenizes the same way."""
+    message = message.replace("\r\n", "\n").replace("\r", "\n")
+    message = "\n".join(line.rstrip() for line in message.split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", message).strip()
+
+
+def turn_text(label, message):
+    return f"{label}: {normalize(message)}{SEPARATOR}"
+
+
+def render(tok, turns, context=None):
+    """A dialogue -> (tokens, roles): eot, the optional context block, then one turn per message.
+    Each turn is encoded on its own so role boundaries fall on token boundaries; sample.py builds
+    its prompt from exactly these pieces (reply_prompt)."""
+    tokens, roles = [tok.eot], [0]
+    if context:
+        ids = tok.encode(turn_text(CONTEXT_LABEL, context))
+        tokens += ids
+        roles += [ROLE_CONTEXT] * len(ids)
+    for i, message in enumerate(turns):
+        ids = tok.encode(turn_text(LABELS[i % len(LABELS)], message))
+        tokens += ids
+        roles += [speaker_role(i) | (ROLE_FIRST_TURN if i == 0 else 0)] * len(ids)
+    return tokens, roles
+
+
+def reply_prompt(tok, turns, context=None, max_tokens=None):
+    """Tokens that ask the model for the next turn: the rendered history + the next label with no
+    trailing space (training text has 'B: hi', so the space belongs to the reply's first token).
+    If max_tokens is given, the oldest turns are dropped two at a time (so A stays first and
+    labels keep their parity), never cut in half; the context block is kept."""
+    turns = list(turns)
+    while True:
+        tokens, _ = render(tok, turns, context)
+        tokens = tokens + tok.encode(LABELS[len(turns) % len(LABELS)] + ":")
+        if max_tokens is None or len(tokens) <= max_tokens or len(turns) <= 1:
+            return tokens
+        turns = turns[len(LABELS) if len(turns) > len(LABELS) else len(turns) - 1:]
+
+
+def end_of_reply(text):
+    """Index where the model's turn ends in decoded reply text (the separator may arrive split
+    across tokens, so check text, not ids), or None while the turn goes on."""
+    i = text.find(SEPARATOR)
+    return None if i < 0 else i
+
+# -----------------------------------------------------------------------------
+# tokenizers: one small interface (name, vocab_size, eot, encode, decode, spec)
+
+
+class TiktokenTokenizer:
+    def __init__(self, name):
+        import tiktoken
+        self.enc = tiktoken.get_encoding(name)
+        self.name, self.vocab_size, self.eot = name, self.enc.n_vocab, self.enc.eot_token
+        self.spec = {"kind": "tiktoken", "name": name}
+
+    def encode(self, text):
+        return self.enc.encode_ordinary(text)  # a literal <|endoftext|> in user text stays text
+
+    def encode_batch(self, texts):
+        return self.enc.encode_ordinary_batch(texts, num_threads=1)
+
+    def decode(self, ids):
+        return self.enc.decode(ids)
+
+
+class CharTokenizer:
+    """One id per character of a fixed alphabet; eot is the id after the last character."""
+
+    def __init__(self, alphabet):
+        self.alphabet = "".join(sorted(set(alphabet)))
+        self.stoi = {c: i for i, c in enumerate(self.alphabet)}
+        self.name, self.vocab_size, self.eot = "char", len(self.alphabet) + 1, len(self.alphabet)
+        self.spec = {"kind": "char", "alphabet": self.alphabet}
+
+    def encode(self, text):
+        ids = [self.stoi.get(c) for c in text]
+        if None in ids:
+            unknown = sorted({c for c in text if c not in self.stoi})
+            print(f"warning: dropped characters outside the tokenizer's alphabet: {unknown!r}",
+                  file=sys.stderr)
+            ids = [i for i in ids if i is not None]
+        return ids
+
+    def encode_batch(self, texts):
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids):
+        return "".join(self.alphabet[i] for i in ids if i < len(self.alphabet))
+
+
+def load_tokenizer(spec):
+    """A tokenizer from its spec: meta['tokenizer'], a whole meta dict, or a tiktoken name."""
+    if isinstance(spec, str):
+        spec = {"kind": "tiktoken", "name": spec}
+    spec = spec.get("tokenizer", spec)
+    if spec["kind"] == "tiktoken":
+        return TiktokenTokenizer(spec["name"])
+    if spec["kind"] == "char":
+        return CharTokenizer(spec["alphabet"])
+    raise ValueError(f"unknown tokenizer kind {spec['kind']!r}")
+
+
+def token_dtype(vocab_size):
+    return "uint16" if vocab_size <= 2**16 else "uint32"  # never a silent wraparound
+
+# -----------------------------------------------------------------------------
+# reading raw inputs: plain, .gz or .zst, line by line, bad input reported with file:line
+
+
+class Report:
+    """Counts what was read, kept and dropped (and why); bad input is reported with its location
+    and skipped, or fatal with --strict."""
+
+    def __init__(self, strict=False, max_warnings=20):
+        self.counts, self.strict, self.max_warnings, self.warned = Counter(), strict, max_warnings, 0
+
+    def drop(self, reason, n=1):
+        self.counts["dropped: " + reason] += n
+
+    def bad(self, where, why):
+        if self.strict:
+            sys.exit(f"error: {where}: {why} (--strict)")
+        self.counts["bad input: " + why.split(":")[0]] += 1
+        self.warned += 1
+        if self.warned <= self.max_warnings:
+            print(f"warning: {where}: {why}", file=sys.stderr)
+        elif self.warned == self.max_warnings + 1:
+            print("warning: more bad input; see the counts in the summary", file=sys.stderr)
+
+
+def zstd_chunks(f, size):
+    """Decompressed chunks of a (possibly multi-frame) .zst stream; a stream that stops mid-frame
+    raises instead of passing for a short file."""
+    dctx = zstandard.ZstdDecompressor(max_window_size=2**31)  # real Pushshift dumps use 2 GiB
+    dobj, mid_frame = dctx.decompressobj(), False
+    while chunk := f.read(size):
+        while chunk:
+            yield dobj.decompress(chunk)
+            chunk, mid_frame = b"", not dobj.eof
+            if dobj.eof:  # a frame ended; what follows it starts the next one
+                chunk, dobj = dobj.unused_data, dctx.decompressobj()
+    if mid_frame:
+        raise zstandard.ZstdError("the stream ends in the middle of a frame")
+
+
+def byte_chunks(f, path, size=1 << 20):
+    if str(path).endswith(".zst"):
+        yield from zstd_chunks(f, size)
+        return
+    stream = gzip.GzipFile(fileobj=f) if str(path).endswith(".gz") else f
+    while chunk := stream.read(size):
+        yield chunk
+
+
+CORRUPT_ERRORS = (EOFError, OSError, zlib.error, zstandard.ZstdError)
+
+
+def read_lines(path, report, progress=True):
+    """Yield (line_number, text) for each line of a plain/.gz/.zst file, streaming. Lines are split
+    on bytes before decoding, so a multi-byte character across a chunk boundary is never broken;
+    a line that is not UTF-8 is reported and skipped; a truncated/corrupt file is reported and
+    the rest of the file skipped."""
+    from tqdm import tqdm
+    bar = tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc=Path(path).name,
+               disable=not progress or None, leave=False)
+    lineno, rest = 0, b""
+    with open(path, "rb") as f:
+        try:
+            for chunk in byte_chunks(f, path):
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    lineno += 1
+                    try:
+                        yield lineno, line.decode("utf-8").rstrip("\r")
+                    except UnicodeDecodeError as e:
+                        report.bad(f"{path}:{lineno}", f"invalid UTF-8: {e.reason} at byte {e.start}")
+                bar.update(f.tell() - bar.n)
+            if rest:
+                yield lineno + 1, rest.decode("utf-8", errors="strict").rstrip("\r")
+        except UnicodeDecodeError as e:
+            report.bad(f"{path}:{lineno + 1}", f"invalid UTF-8: {e.reason} at byte {e.start}")
+        except CORRUPT_ERRORS as e:
+            report.bad(f"{path}:{lineno + 1}", f"corrupt or truncated file: {e}")
+        finally:
+            bar.close()
+
+
+def read_jsonl(path, report):
+    """Yield (line_number, object) for each JSON line; malformed lines are reported and skipped."""
+    for lineno, line in read_lines(path, report):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            report.bad(f"{path}:{lineno}", f"malformed JSON: {e.msg} at column {e.colno}")
+
+
+def expand_inputs(inputs, patterns=("*",)):
+    """Paths, globs and folders -> a sorted, de-duplicated list of files."""
+    files = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = [p for pat in patterns for p in glob.glob(os.path.join(item, "**", pat), recursive=True)]
+            files += sorted(p for p in found if os.path.isfile(p))
+        else:
+            matches = sorted(glob.glob(item)) or [item]
+            for m in matches:
+                if not os.path.isfile(m):
+                    sys.exit(f"error: input not found: {m}")
+            files += matches
+    return list(dict.fromkeys(files))
+
+
+def file_identity(path):
+    """name + size + content hash: what --append uses to skip inputs already included."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return {"name": Path(path).name, "size": os.path.getsize(path), "hash": h.hexdigest()}
+
+
+def download(url, dest, sha256=None, retries=5, chunk_size=1 << 20):
+    """Fetch url to dest with a progress bar, resuming a partial download (HTTP Range) and retrying
+    with backoff; checks sha256 when given. A finished file is cached: calling again is free."""
+    import requests
+    from tqdm import tqdm
+    dest = Path(dest)
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries):
+        have = part.stat().st_size if part.exists() else 0
+        try:
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            with requests.get(url, headers=headers, stream=True, timeout=30) as r:
+                if r.status_code == 416:  # the part file is already complete
+                    break
+                r.raise_for_status()
+                if have and r.status_code != 206:  # server ignored Range: start over
+                    have = 0
+                total = int(r.headers.get("content-length", 0)) + have
+                with open(part, "ab" if have else "wb") as f, tqdm(
+                        total=total or None, initial=have, unit="B", unit_scale=True, desc=dest.name) as bar:
+                    for chunk in r.iter_content(chunk_size):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+            break
+        except requests.RequestException as e:
+            if attempt == retries - 1:
+                sys.exit(f"error: download of {url} failed after {retries} tries: {e}")
+            print(f"download failed ({e}); retrying in {2 ** attempt}s", file=sys.stderr)
+            time.sleep(2 ** attempt)
+    if sha256:
+        got = hashlib.sha256(part.read_bytes()).hexdigest()
+        if got != sha256:
+            part.unlink()
+            sys.exit(f"error: checksum mismatch for {url}: expected sha256 {sha256}, got {got}")
+    os.replace(part, dest)
+    return dest
+
+# -----------------------------------------------------------------------------
+# shard files (DESIGN contracts 4-6): {train,val}.bin tokens, {train,val}.roles, meta.json
+
+SPLITS = ("train", "val")
+JOURNAL = "append.journal"
+
+
+def is_val(key, seed, val_fraction):
+    """Seeded content hash -> split: independent of input order and worker count."""
+    h = hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") < val_fraction * 2**64
+
+
+def split_key(item):
+    if item.key is not None:
+        return item.key
+    if isinstance(item, Document):
+        return item.text
+    return SEPARATOR.join([item.context or ""] + list(item.turns))
+
+
+def load_meta(data_dir):
+    path = Path(data_dir) / "meta.json"
+    if (Path(data_dir) / JOURNAL).exists():
+        sys.exit(f"error: {data_dir} holds an interrupted --append; rerun the prepare command")
+    if not path.exists():
+        sys.exit(f"error: {path} not found: prepare the dataset first (python data/<name>/prepare.py)")
+    return json.loads(path.read_text())
+
+
+def open_split(data_dir, split, meta=None):
+    """(tokens, roles) memmaps of one split; lengths come from file sizes (valid after a cat)."""
+    meta = meta or load_meta(data_dir)
+    tokens = np.memmap(Path(data_dir) / f"{split}.bin", dtype=meta["dtype"], mode="r")
+    roles = np.memmap(Path(data_dir) / f"{split}.roles", dtype=np.uint8, mode="r")
+    if len(tokens) != len(roles):
+        sys.exit(f"error: {data_dir}/{split}.bin has {len(tokens)} tokens but {split}.roles has "
+                 f"{len(roles)}: the files were not concatenated together")
+    return tokens, roles
+
+
+_worker_tok = None  # the tokenizer inside a worker process
+
+
+def _init_worker(spec):
+    global _worker_tok
+    _worker_tok = load_tokenizer(spec)
+
+
+def encode_chunk(items, seed, val_fraction, tok=None):
+    """A list of items -> per split (tokens, roles, counts), in input order."""
+    tok = tok or _worker_tok
+    dtype = token_dtype(tok.vocab_size)
+    out = {s: ([], [], Counter()) for s in SPLITS}
+    docs = [it for it in items if isinstance(it, Document)]
+    doc_ids = iter(tok.encode_batch([d.text for d in docs]))
+    for item in items:
+        split = "val" if is_val(split_key(item), seed, val_fraction) else "train"
+        tokens, roles, counts = out[split]
+        if isinstance(item, Document):
+            ids = [tok.eot] + next(doc_ids)
+            role = [0] * len(ids)
+            counts["documents"] += 1
+        else:
+            ids, role = render(tok, item.turns, item.context)
+            counts["dialogues"] += 1
+            counts["turns"] += len(item.turns)
+        tokens.append(np.array(ids, dtype=dtype))
+        roles.append(np.array(role, dtype=np.uint8))
+        counts["tokens"] += len(ids)
+    return {s: (np.concatenate(t) if t else np.zeros(0, dtype), np.concatenate(r) if r else np.zeros(0, np.uint8), c)
+            for s, (t, r, c) in out.items()}
+
+
+def chunked(items, max_chars=1 << 21):
+    """Group items into chunks of about max_chars of text, so work units are even."""
+    chunk, size = [], 0
+    for item in items:
+        chunk.append(item)
+        size += len(item.text) if isinstance(item, Document) else sum(map(len, item.turns)) + len(item.context or "")
+        if size >= max_chars:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def encode_stream(items, tok, seed, val_fraction, workers):
+    """Encoded chunks in input order; with workers > 1 a bounded number are in flight at once,
+    so memory stays flat however large the input."""
+    if workers <= 1:
+        for chunk in chunked(items):
+            yield encode_chunk(chunk, seed, val_fraction, tok)
+        return
+    import multiprocessing as mp
+    with mp.get_context("fork").Pool(workers, _init_worker, (tok.spec,)) as pool:
+        pending = deque()
+        for chunk in chunked(items):
+            pending.append(pool.apply_async(encode_chunk, (chunk, seed, val_fraction)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def recover(out_dir):
+    """Undo an --append that was interrupted: cut files back to the sizes they had before it."""
+    journal = out_dir / JOURNAL
+    if journal.exists():
+        for name, size in json.loads(journal.read_text()).items():
+            if (out_dir / name).exists():
+                os.truncate(out_dir / name, size)
+        journal.unlink()
+        print(f"recovered {out_dir} from an interrupted --append")
+    for tmp in out_dir.glob("*.tmp"):
+        tmp.unlink()
+
+
+def write_json_atomic(path, obj):
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_dataset(out_dir, items, tok, inputs, report, append=False, seed=1337, val_fraction=0.05,
+                  workers=1, extra_meta=None):
+    """Stream items (Dialogue / Document) into the shard files of out_dir. New tokens go to .tmp
+    files first; only when all are written are they renamed into place (or appended, under a
+    journal that a rerun uses to undo a half-done append), and meta.json is written last."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recover(out_dir)
+    old = json.loads((out_dir / "meta.json").read_text()) if append and (out_dir / "meta.json").exists() else None
+    files = {f"{s}.{ext}": out_dir / f"{s}.{ext}" for s in SPLITS for ext in ("bin", "roles")}
+    tmp = {name: open(str(path) + ".tmp", "wb") for name, path in files.items()}
+    counts = {s: Counter() for s in SPLITS}
+    t0 = time.time()
+    for encoded in encode_stream(items, tok, seed, val_fraction, workers):
+        for s, (tokens, roles, c) in encoded.items():
+            tmp[f"{s}.bin"].write(tokens.tobytes())
+            tmp[f"{s}.roles"].write(roles.tobytes())
+            counts[s].update(c)
+    for f in tmp.values():
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+    if old:
+        write_json_atomic(out_dir / JOURNAL, {n: p.stat().st_size for n, p in files.items() if p.exists()})
+        for name, path in files.items():
+            with open(path, "ab") as dst, open(str(path) + ".tmp", "rb") as src:
+                while chunk := src.read(1 << 24):
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.unlink(str(path) + ".tmp")
+    else:
+        (out_dir / "meta.json").unlink(missing_ok=True)
+        for name, path in files.items():
+            os.replace(str(path) + ".tmp", path)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": tok.spec,
+        "vocab_size": tok.vocab_size,
+        "dtype": token_dtype(tok.vocab_size),
+        "eot": tok.eot,
+        "labels": list(LABELS), "context_label": CONTEXT_LABEL, "separator": SEPARATOR,
+        "split": {"seed": seed, "val_fraction": val_fraction},
+        "inputs": (old["inputs"] if old else []) + inputs,
+        "counts": {s: dict(Counter(old["counts"][s]) + counts[s]) if old else dict(counts[s]) for s in SPLITS},
+        "report": dict(Counter(old["report"]) + report.counts) if old else dict(report.counts),
+        **(extra_meta or {}),
+    }
+    write_json_atomic(out_dir / "meta.json", meta)
+    (out_dir / JOURNAL).unlink(missing_ok=True)
+    return meta, time.time() - t0
+
+# -----------------------------------------------------------------------------
+# the prepare command line shared by every data/<name>/prepare.py (DESIGN contract 4)
+
+
+def prepare_parser(description):
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", help="input files, globs or folders")
+    p.add_argument("--out_dir", help="output folder (default: this script's folder)")
+    p.add_argument("--append", action="store_true", help="add only new inputs to an existing dataset")
+    p.add_argument("--tokenizer", help="a tiktoken encoding (default gpt2; cl100k_base, ...) or 'char'")
+    p.add_argument("--val_fraction", type=float, default=0.05, help="share of dialogues for val (by seeded hash)")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the train/val hash split")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="tokenizer processes")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input instead of skipping it")
+    return p
+
+
+def prepare(args, read_items, script_file, patterns=("*",)):
+    """Run a prepare script: resolve inputs, skip those already in the dataset (--append), build
+    the tokenizer, stream read_items(paths, report) into shards and print a summary."""
+    out_dir = Path(args.out_dir or Path(script_file).resolve().parent)
+    report = Report(strict=args.strict)
+    paths = expand_inputs(args.inputs, patterns)
+    inputs = [file_identity(p) for p in paths]
+    old = load_meta(out_dir) if args.append and (out_dir / "meta.json").exists() else None
+    if old:
+        seen = {(i["name"], i["size"], i["hash"]) for i in old["inputs"]}
+        fresh = [(p, i) for p, i in zip(paths, inputs) if (i["name"], i["size"], i["hash"]) not in seen]
+        for p in set(paths) - {p for p, _ in fresh}:
+            print(f"skipping {p}: already in {out_dir}")
+        paths, inputs = [p for p, _ in fresh], [i for _, i in fresh]
+        if not paths:
+            print("nothing new to add")
+            return old
+        tok = load_tokenizer(old)
+        if args.tokenizer and args.tokenizer != tok.name:
+            sys.exit(f"error: {out_dir} was prepared with tokenizer {tok.name!r}, not {args.tokenizer!r}")
+        args.seed, args.val_fraction = old["split"]["seed"], old["split"]["val_fraction"]
+    elif args.tokenizer == "char":
+        alphabet = set()  # a first pass for the alphabet: char-level is for small corpora
+        for item in read_items(paths, Report(max_warnings=0)):
+            texts = [item.text] if isinstance(item, Document) else map(normalize, [item.context or ""] + item.turns)
+            alphabet.update(*texts)
+        alphabet.update(f"{CONTEXT_LABEL}{''.join(LABELS)}: \n")
+        tok = CharTokenizer("".join(alphabet))
+    else:
+        tok = load_tokenizer(args.tokenizer or "gpt2")
+    meta, seconds = write_dataset(out_dir, read_items(paths, report), tok, inputs, report, append=bool(old),
+                                  seed=args.seed, val_fraction=args.val_fraction, workers=args.workers)
+    print_summary(out_dir, meta, report, seconds)
+    return meta
+
+
+def print_summary(out_dir, meta, report, seconds):
+    c = meta["counts"]
+    tokens = sum(c[s].get("tokens", 0) for s in SPLITS)
+    print(f"wrote {out_dir}: {tokens:,} tokens ({c['train'].get('tokens', 0):,} train, "
+          f"{c['val'].get('tokens', 0):,} val), tokenizer {meta['tokenizer'].get('name', meta['tokenizer']['kind'])}, "
+          f"{meta['dtype']}")
+    for s in SPLITS:
+        rest = ", ".join(f"{k} {v:,}" for k, v in sorted(c[s].items()) if k != "tokens")
+        print(f"  {s}: {rest}")
+    for k, v in sorted(report.counts.items()):
+        print(f"  {k}: {v:,}")
+    print(f"  this run: {seconds:.1f}s")
