@@ -98,6 +98,21 @@ def reply_prompt(tok, turns, context=None, max_tokens=None):
         turns = turns[len(LABELS) if len(turns) > len(LABELS) else len(turns) - 1:]
 
 
+def encode_prompt(tok, text):
+    """Free prompt text -> tokens, encoded as render encodes a dialogue (eot first, each turn on its
+    own), so 'A: hi\n\n\nB:' gives exactly the tokens that training text has there."""
+    pieces = text.split(SEPARATOR)
+    ids = [tok.eot]
+    for i, piece in enumerate(pieces):
+        ids += tok.encode(piece + (SEPARATOR if i < len(pieces) - 1 else ""))
+    return ids
+
+
+def ends_with_label(text):
+    """Does the prompt end with a speaker label ('...\n\n\nB:'), i.e. ask for one turn?"""
+    return re.search(r"(^|\n)\w+:$", text) is not None
+
+
 def end_of_reply(text):
     """Index where the model's turn ends in decoded reply text (the separator may arrive split
     across tokens, so check text, not ids), or None while the turn goes on."""

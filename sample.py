@@ -1,0 +1,159 @@
+"""
+Sample from a trained model, or chat with it.
+
+    python sample.py --out_dir=out-chat-char --start="A: hi, how are you?"    # one-shot
+    python sample.py --out_dir=out-chat-char --interactive                     # chat as A, model is B
+    echo "hello" | python sample.py --interactive                              # scriptable
+
+The chat prompt is built by chat.reply_prompt, the same code that rendered the training text,
+and the model's turn ends where training turns end: at the separator or at end-of-text.
+"""
+import os
+import sys
+from contextlib import nullcontext
+
+import torch
+
+import chat
+from model import GPT, default_device, default_dtype, load_checkpoint
+
+# -----------------------------------------------------------------------------
+out_dir = 'out'            # where train.py wrote ckpt.pt
+init_from = 'resume'       # 'resume' (out_dir/ckpt.pt), a checkpoint path, 'gpt2*' or a local HF dir
+start = 'A: Hi, how are you doing today?' + chat.SEPARATOR + 'B:'  # one-shot prompt, or FILE:path
+context = ''               # persona / context block for chat, or FILE:path
+num_samples = 1            # one-shot samples, generated as one batch
+max_new_tokens = 200
+temperature = 0.8          # 0 = greedy
+top_k = 200                # 0 or None = off
+top_p = 0.95               # 1.0 or None = off
+repetition_penalty = 1.0
+seed = 1337
+device = default_device()
+dtype = None               # default: the best the device computes (bf16 on CPUs that have it)
+compile = False
+interactive = False
+kv_cache = True
+stop = True                # end at the end of the model's turn (when the prompt ends with a label)
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+# -----------------------------------------------------------------------------
+
+dtype = dtype or default_dtype(device)
+torch.manual_seed(seed)
+generator = torch.Generator(device=device).manual_seed(seed)
+device_type = device.split(':')[0]
+autocast = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type, getattr(torch, dtype))
+
+if init_from == 'resume' or init_from.endswith('.pt'):
+    ckpt = load_checkpoint(init_from if init_from.endswith('.pt') else os.path.join(out_dir, 'ckpt.pt'), device)
+    model = GPT.from_checkpoint(ckpt)
+    tok = chat.load_tokenizer(ckpt['meta'])
+else:  # OpenAI's GPT-2 or a local Hugging Face GPT-2 folder
+    model = GPT.from_pretrained(init_from)
+    tok = chat.load_tokenizer('gpt2')
+model.eval().to(device)
+if compile:
+    model = torch.compile(model)
+block_size = model.config.block_size
+
+
+def from_file(text):
+    return open(text[5:], encoding='utf-8').read() if text.startswith('FILE:') else text
+
+
+def complete(prompt, n=1, stream=False, until_turn_end=True):
+    """n continuations of the prompt (token ids). With until_turn_end each stops at the end of the
+    turn (separator in the decoded text, or eot). Row 0 is printed as it comes when stream."""
+    x = torch.tensor([prompt] * n, dtype=torch.long, device=device)
+    rows, done, shown = [[] for _ in range(n)], [False] * n, 0
+    with torch.no_grad(), autocast:
+        for column in model.generate(x, max_new_tokens, temperature, top_k or None, top_p or None,
+                                     repetition_penalty, kv_cache=kv_cache, generator=generator):
+            for i, token in enumerate(column.tolist()):
+                if done[i]:
+                    continue
+                if until_turn_end and token == tok.eot:
+                    done[i] = True
+                    continue
+                rows[i].append(token)
+                done[i] = until_turn_end and chat.end_of_reply(tok.decode(rows[i][-8:])) is not None
+            if stream:
+                shown = show(tok.decode(rows[0]), shown, False)
+            if all(done):
+                break
+    texts = [tok.decode(r) for r in rows]
+    if until_turn_end:
+        texts = [t[:chat.end_of_reply(t)] if chat.end_of_reply(t) is not None else t for t in texts]
+    if stream:
+        show(texts[0], shown, True)
+    return texts
+
+
+def show(text, shown, final):
+    """Print the part of text not printed yet, holding back what may still turn into the separator
+    or is half a UTF-8 character."""
+    if not final:
+        text = text.rstrip('\n\ufffd')
+    else:
+        end = chat.end_of_reply(text)
+        text = (text if end is None else text[:end]).rstrip()
+    print(text[shown:], end='\n' if final else '', flush=True)
+    return max(shown, len(text))
+
+
+def chat_loop():
+    global temperature, top_k, top_p
+    tty = sys.stdin.isatty()
+    persona = from_file(context).strip() or None
+    history = []
+    if tty:
+        print("chat: you are A, the model is B. /reset, /temp X, /top_k N, /top_p P, /quit")
+    while True:
+        try:
+            line = input('A: ' if tty else '').strip()
+        except (EOFError, KeyboardInterrupt):
+            print() if tty else None
+            return
+        if not line:
+            continue
+        if line.startswith('/'):
+            cmd, _, arg = line.partition(' ')
+            if cmd in ('/quit', '/exit'):
+                return
+            elif cmd == '/reset':
+                history = []
+            elif cmd in ('/temp', '/top_k', '/top_p') and arg:
+                value = float(arg) if cmd != '/top_k' else int(arg)
+                if cmd == '/temp':
+                    temperature = value
+                elif cmd == '/top_k':
+                    top_k = value
+                else:
+                    top_p = value
+            else:
+                print(f"unknown command {line!r}: /reset, /temp X, /top_k N, /top_p P, /quit")
+            continue
+        if not tty:
+            print(f'A: {line}')
+        history.append(line)
+        # leave room for the reply; the oldest whole turns go first
+        prompt = chat.reply_prompt(tok, history, persona, max(block_size - max_new_tokens, block_size // 2))
+        print('B:', end='', flush=True)
+        try:
+            reply = complete(prompt, stream=True)[0]
+        except KeyboardInterrupt:
+            print()
+            return
+        history.append(chat.normalize(reply) or '...')
+
+
+if interactive:
+    chat_loop()
+else:
+    text = from_file(start)
+    until_turn_end = stop and chat.ends_with_label(text)
+    if num_samples == 1:
+        print(text, end='', flush=True)
+    samples = complete(chat.encode_prompt(tok, text), num_samples, num_samples == 1, until_turn_end)
+    for sample in samples if num_samples > 1 else []:
+        print(f'{text}{sample}\n---------------')
