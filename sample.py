@@ -53,7 +53,7 @@ else:  # OpenAI's GPT-2 or a local Hugging Face GPT-2 folder
     tok = chat.load_tokenizer('gpt2')
 model.eval().to(device)
 if compile:
-    model = torch.compile(model)
+    model.forward = torch.compile(model.forward, dynamic=True)  # generate() calls forward
 block_size = model.config.block_size
 
 

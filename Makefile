@@ -1,0 +1,25 @@
+# make demo: prepare DailyDialog (char-level), train a small chat model on the CPU, chat with it.
+# make test: the test suite. Both install into .venv from requirements.txt first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED := $(abspath ../shared)
+# offline: use the shared copies of the data and the GPT-2 vocab when they are beside the repo
+ifneq ($(wildcard $(SHARED)/tiktoken_cache),)
+export TIKTOKEN_CACHE_DIR ?= $(SHARED)/tiktoken_cache
+endif
+DEMO_DATA ?= $(wildcard $(SHARED)/data/dailydialog/dialogues_validation.txt)
+
+.PHONY: demo test
+demo: $(VENV)/.installed
+	$(PY) data/dailydialog/prepare.py $(DEMO_DATA) --tokenizer char --out_dir data/dailydialog_char
+	$(PY) train.py config/train_chat_char.py
+	printf 'Hi, how are you today?\nWhat do you do for a living?\nWhere should we go for dinner?\n' | \
+		$(PY) sample.py --out_dir=out-chat-char --interactive
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@

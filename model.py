@@ -1,0 +1,348 @@
+"""
+The GPT: a GPT-2 shaped decoder-only transformer, its KV cache and sampling loop, GPT-2 weight
+import/export (HF layout) and the FLOPs count used for MFU. Knows nothing of files beyond
+checkpoints and weights, and nothing of dialogue.
+"""
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit faster
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, per layer, preallocated for a full block.
+    Every row of the batch has the same length `pos`; the next forward continues from there."""
+
+    def __init__(self, config, batch_size):
+        self.shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.k = [None] * config.n_layer
+        self.v = [None] * config.n_layer
+        self.pos = 0
+
+    def update(self, layer, k, v):
+        """Store k, v (B, nh, T, hs) at pos..pos+T; return all keys and values up to pos+T."""
+        if self.k[layer] is None:  # allocated on first use so it takes the dtype autocast gives
+            self.k[layer] = torch.empty(self.shape, dtype=k.dtype, device=k.device)
+            self.v[layer] = torch.empty(self.shape, dtype=v.dtype, device=v.device)
+        end = self.pos + k.size(2)
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def reset(self):
+        self.pos = 0
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+
+    def forward(self, x, kv_cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        start = 0
+        if kv_cache is not None:
+            start = kv_cache.pos
+            k, v = kv_cache.update(layer, k, v)
+        # From position 0, is_causal is the plain causal mask (and keeps the flash kernel). A single
+        # new token may see every cached one. Several new tokens after a cached prefix need the
+        # causal mask shifted by the prefix length (is_causal aligns it top-left, which is wrong).
+        mask = None
+        if start > 0 and T > 1:
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=start == 0,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"; needed for exact weight import
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2 * n_layer)
+        # so the stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count. The position embeddings are left out by default; the token embeddings
+        stay in because, tied to lm_head, they do the final matmul's work."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        """idx (B, T) token ids. Training: targets (B, T), -1 = ignored, gives full logits and the
+        mean loss. Inference: logits of the last position only. With a kv_cache, idx continues
+        the cached positions and the cache advances by T."""
+        B, T = idx.size()
+        start = 0 if kv_cache is None else kv_cache.pos
+        assert start + T <= self.config.block_size, \
+            f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache, i)
+        x = self.transformer.ln_f(x)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        else:
+            logits = self.lm_head(x[:, [-1], :])  # a list index keeps the time dim
+            loss = None
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Shrink the context (e.g. GPT-2's 1024) to a smaller block_size for fine-tuning."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # Decay only the matrices (Linear weights, embeddings); biases and LayerNorm gains are not
+        # decayed: pulling them toward zero only hurts.
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        # the fused CUDA kernel does the whole update in one launch instead of one per tensor
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+
+    def flops_per_token(self):
+        """Forward + backward FLOPs per trained token at full context (PaLM appendix B): 6 per
+        parameter for the matmuls, plus attention's QK^T and AV over the block."""
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        return 6 * self.num_params() + 12 * L * H * Q * T
+
+    # ---------------------------------------------------------------------------------- sampling
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 repetition_penalty=1.0, kv_cache=True, generator=None):
+        """Yield the next token of every row, a LongTensor (B,), max_new_tokens times; stop
+        iterating to stop early. idx (B, T) is the prompt (only its last block_size tokens are
+        seen). temperature 0 is greedy. Past block_size the context keeps its last block_size // 2
+        tokens and goes on (the cache is re-filled from them), with or without the cache, so both
+        paths give the same tokens. Call model.eval() first."""
+        block_size = self.config.block_size
+        context = idx[:, -block_size:]  # what the model sees
+        cache = KVCache(self.config, idx.size(0)) if kv_cache else None
+        fresh = context  # tokens of the context not in the cache yet
+        for _ in range(max_new_tokens):
+            if cache is None:
+                logits, _ = self(context)
+            else:
+                logits, _ = self(fresh, kv_cache=cache)
+            token = sample_next(logits[:, -1, :].float(), context, temperature, top_k, top_p,
+                                repetition_penalty, generator)
+            yield token
+            context = torch.cat((context, token[:, None]), dim=1)
+            fresh = token[:, None]
+            if context.size(1) > block_size:
+                context = context[:, -(block_size // 2):]
+                fresh = context
+                if cache is not None:
+                    cache.reset()
+
+    # ------------------------------------------------------------------------ checkpoints, GPT-2
+
+    @classmethod
+    def from_checkpoint(cls, ckpt):
+        """Build the model a train.py checkpoint (as loaded by load_checkpoint) describes."""
+        model = cls(GPTConfig(**ckpt["model_args"]))
+        prefix = "_orig_mod."  # torch.compile's wrapper, in case a state dict was saved through it
+        state = {k.removeprefix(prefix): v for k, v in ckpt["model"].items()}
+        model.load_state_dict(state)
+        return model
+
+    # GPT-2 checkpoints (HF layout) store these as Conv1D weights, (in, out): transposed to ours.
+    _conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, dropout=0.0):
+        """OpenAI's GPT-2 weights: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl' (downloaded from
+        the HF hub), or a local HF GPT-2 folder (config.json + model.safetensors or
+        pytorch_model.bin). transformers is not needed."""
+        path = name_or_dir
+        if not os.path.isdir(path):
+            assert name_or_dir in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"), \
+                f"{name_or_dir} is neither a folder nor a GPT-2 model name"
+            from huggingface_hub import snapshot_download
+            path = snapshot_download(f"openai-community/{name_or_dir}",
+                                     allow_patterns=["config.json", "model.safetensors"])
+        with open(os.path.join(path, "config.json")) as f:
+            hf = json.load(f)
+        config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
+                           n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                           dropout=dropout, bias=True)
+        if os.path.exists(os.path.join(path, "model.safetensors")):
+            from safetensors.torch import load_file
+            hf_state = load_file(os.path.join(path, "model.safetensors"))
+        else:
+            hf_state = torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu",
+                                  weights_only=True)
+        model = cls(config)
+        state = {}
+        for k, v in hf_state.items():
+            # Some files were saved from GPT2Model (no "transformer." prefix); the attention mask
+            # buffers of old transformers versions and the tied lm_head carry no weights of their own.
+            if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
+                continue
+            k = "transformer." + k.removeprefix("transformer.")
+            state[k] = v.t() if k.endswith(cls._conv1d) else v
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+        model.load_state_dict(state)
+        return model
+
+    def export_hf(self, out_dir, eot=None):
+        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads. eot, when
+        given, becomes the bos/eos token id. Tokenizer files are not written here."""
+        from safetensors.torch import save_file
+        cfg = self.config
+        os.makedirs(out_dir, exist_ok=True)
+        hf = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
+                  n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+                  n_head=cfg.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                  resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                  tie_word_embeddings=True)
+        if eot is not None:
+            hf.update(bos_token_id=eot, eos_token_id=eot)
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2)
+        state = {}
+        for k, v in self.state_dict().items():
+            if k == "lm_head.weight":  # tied to wte; safetensors refuses shared tensors anyway
+                continue
+            state[k] = (v.t() if k.endswith(self._conv1d) else v).float().contiguous()
+        if not cfg.bias:  # GPT-2 always has biases: zeros behave the same
+            for name, m in self.named_modules():
+                if isinstance(m, (nn.Linear, nn.LayerNorm)) and name != "lm_head":
+                    state[name + ".bias"] = torch.zeros(m.weight.size(0))
+        save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+
+
+def sample_next(logits, context, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
+                generator=None):
+    """Pick one token per row from logits (B, V). context (B, T) holds the tokens the repetition
+    penalty applies to (CTRL-style: a seen token's logit is divided by the penalty if positive,
+    multiplied if negative)."""
+    if repetition_penalty != 1.0:
+        seen = logits.gather(1, context)
+        seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
+        logits = logits.scatter(1, context, seen)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        # Keep the smallest set of most likely tokens whose probability reaches top_p.
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # mass before this token already enough
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = logits.scatter(1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
+
+
+def load_checkpoint(path, device="cpu"):
+    """torch.load a checkpoint (tensors and plain Python only), naming the file if that fails."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {path}") from None
+    except Exception as e:
+        raise RuntimeError(f"could not load checkpoint {path}: {e}") from e
+
+
+def default_device():
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def default_dtype(device):
+    """'bfloat16' where the hardware computes it natively (recent GPUs, CPUs with AVX512-BF16 or
+    AMX), 'float16' on older CUDA GPUs (train.py pairs it with a GradScaler), else 'float32'."""
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if kind == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bfloat16"
+    return "float32"

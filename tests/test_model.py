@@ -1,0 +1,216 @@
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, KVCache, default_dtype, load_checkpoint, sample_next
+
+
+def tiny(block_size=16, vocab_size=65, bias=True, seed=0):
+    """A tiny fp32 model with weights large enough that greedy decoding does not get stuck on
+    one token, so comparing generations means something."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2,
+                          n_embd=32, dropout=0.0, bias=bias))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model.eval()
+
+
+def run(model, idx, n, **kw):
+    return torch.stack(list(model.generate(idx, n, **kw)), dim=1)
+
+
+def test_forward_shapes_and_loss():
+    model = tiny()
+    idx = torch.randint(0, 65, (3, 10))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 1, 65) and loss is None
+    targets = idx.clone()
+    targets[:, :4] = -1
+    logits, loss = model(idx, targets)
+    assert logits.shape == (3, 10, 65)
+    expected = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 65), idx[:, 4:].reshape(-1))
+    assert torch.allclose(loss, expected)
+    with pytest.raises(AssertionError, match="block_size"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_fresh_init_loss_is_uniform():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
+    idx, targets = torch.randint(0, 65, (2, 4, 16))
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(65)) < 0.2
+
+
+def test_params_flops_optimizer():
+    model = tiny()
+    cfg = model.config
+    n = model.num_params()
+    assert n == model.num_params(non_embedding=False) - cfg.block_size * cfg.n_embd
+    assert model.flops_per_token() == 6 * n + 12 * 2 * 2 * 16 * 16
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+    # the tied embedding/lm_head matrix is counted once
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == model.num_params(False)
+
+
+def test_default_dtype():
+    assert default_dtype("cpu") in ("bfloat16", "float32")
+    assert default_dtype("mps") == "float32"
+
+
+def test_cache_chunks_match_full_forward():
+    """Prefill, a chunk of several tokens after a cached prefix (shifted causal mask), then single
+    tokens: every position's logits equal one uncached forward over the whole sequence."""
+    model = tiny()
+    idx = torch.randint(0, 65, (2, 12))
+    full, _ = model(idx, idx)
+    cache = KVCache(model.config, 2)
+    parts = [model(idx[:, a:b], idx[:, a:b], kv_cache=cache)[0] for a, b in ((0, 5), (5, 9), (9, 10), (10, 12))]
+    assert cache.pos == 12
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("prompt_len,batch", [(5, 1), (5, 3), (20, 2)])
+def test_cached_greedy_equals_uncached_past_block_size(prompt_len, batch):
+    model = tiny()
+    idx = torch.randint(0, 65, (batch, prompt_len))
+    cached = run(model, idx, 50, temperature=0)
+    uncached = run(model, idx, 50, temperature=0, kv_cache=False)
+    assert cached.shape == (batch, 50) and cached.dtype == torch.long
+    assert torch.equal(cached, uncached)
+    assert len(cached.unique()) > 5  # not a degenerate repetition
+
+
+def test_sampling_cached_equals_uncached_with_same_generator():
+    model = tiny()
+    idx = torch.randint(0, 65, (2, 4))
+    kw = dict(temperature=0.8, top_k=20, top_p=0.95, repetition_penalty=1.2)
+    a = run(model, idx, 40, generator=torch.Generator().manual_seed(1), **kw)
+    b = run(model, idx, 40, generator=torch.Generator().manual_seed(1), kv_cache=False, **kw)
+    assert torch.equal(a, b)
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy():
+    model = tiny()
+    idx = torch.randint(0, 65, (2, 4))
+    greedy = run(model, idx, 30, temperature=0)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(run(model, idx, 30, temperature=1.0, top_k=1, generator=g), greedy)
+    assert torch.equal(run(model, idx, 30, temperature=1.0, top_p=1e-6, generator=g), greedy)
+
+
+def test_stop_early():
+    model = tiny()
+    steps = 0
+    for token in model.generate(torch.zeros(1, 1, dtype=torch.long), 100, temperature=0):
+        steps += 1
+        if steps == 3:
+            break
+    assert steps == 3 and token.shape == (1,)
+
+
+def test_sample_next_filters():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    ctx = torch.zeros(1, 0, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    draws = lambda **kw: {sample_next(logits, ctx, generator=g, **kw).item() for _ in range(300)}
+    assert draws(top_k=2) == {0, 1}
+    assert draws(top_p=0.7) == {0, 1}  # 0.5 < 0.7, so token 1 is still needed; 0.8 >= 0.7 stops
+    assert draws() == {0, 1, 2, 3}
+
+
+def test_repetition_penalty():
+    logits = torch.tensor([[2.0, 1.5, -1.0, -1.2]])
+    seen = torch.tensor([[0, 2]])
+    assert sample_next(logits, seen, temperature=0).item() == 0
+    assert sample_next(logits, seen, temperature=0, repetition_penalty=2.0).item() == 1  # 2/2 < 1.5
+    logits = torch.tensor([[-1.0, -1.1]])
+    assert sample_next(logits, torch.tensor([[0]]), temperature=0, repetition_penalty=1.5).item() == 1
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = tiny(bias=False)
+    ckpt = {"model": {"_orig_mod." + k: v for k, v in model.state_dict().items()},
+            "model_args": asdict(model.config), "iter_num": 3}
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    loaded = GPT.from_checkpoint(load_checkpoint(tmp_path / "ckpt.pt")).eval()
+    idx = torch.randint(0, 65, (2, 8))
+    assert torch.equal(loaded(idx, idx)[0], model(idx, idx)[0])
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(RuntimeError, match="corrupt.pt"):
+        load_checkpoint(bad)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_crop_block_size():
+    model = tiny(block_size=32)
+    idx = torch.randint(0, 65, (1, 8))
+    before = model(idx, idx)[0]
+    model.crop_block_size(16)
+    assert model.transformer.wpe.weight.shape == (16, 32)
+    assert torch.allclose(model(idx, idx)[0], before)
+
+
+# --------------------------------------------------------------------- GPT-2 / HF interop
+
+transformers = pytest.importorskip("transformers", reason="transformers not installed (HF parity tests)")
+
+
+def hf_tiny():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # random biases and LayerNorm gains too, so every weight is checked
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return hf
+
+
+def hf_logits(hf, idx):
+    with torch.no_grad():
+        return hf(idx).logits
+
+
+def test_from_pretrained_safetensors_matches_transformers(tmp_path):
+    hf = hf_tiny()
+    hf.save_pretrained(tmp_path)
+    ours = GPT.from_pretrained(str(tmp_path)).eval()
+    assert ours.config.block_size == 32 and ours.config.vocab_size == 97
+    idx = torch.randint(0, 97, (2, 32))
+    assert torch.allclose(ours(idx, idx)[0], hf_logits(hf, idx), atol=1e-5)
+
+
+def test_from_pretrained_bin_without_prefix(tmp_path):
+    """pytorch_model.bin saved from GPT2Model: keys without "transformer.", no lm_head."""
+    hf = hf_tiny()
+    hf.config.save_pretrained(tmp_path)
+    state = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    ours = GPT.from_pretrained(str(tmp_path)).eval()
+    idx = torch.randint(0, 97, (1, 20))
+    assert torch.allclose(ours(idx, idx)[0], hf_logits(hf, idx), atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_export_hf_loads_in_transformers(tmp_path, bias):
+    ours = tiny(block_size=32, vocab_size=97, bias=bias)
+    ours.export_hf(tmp_path, eot=96)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert hf.config.eos_token_id == 96
+    idx = torch.randint(0, 97, (2, 32))
+    assert torch.allclose(ours(idx, idx)[0], hf_logits(hf, idx), atol=1e-5)
+    again = GPT.from_pretrained(str(tmp_path)).eval()  # and back
+    assert torch.allclose(again(idx, idx)[0], ours(idx, idx)[0], atol=1e-6)
