@@ -1,0 +1,460 @@
+"""
+Reddit dumps (Pushshift / Arctic Shift) -> threaded A:/B: dialogue shards.
+
+    python data/reddit/prepare.py                          # every dump in data/reddit/raw/
+    python data/reddit/prepare.py RC_2019-10.zst RS_2019-10.zst --context
+    python data/reddit/prepare.py dumps/ --subreddits askscience,askhistorians --after 2019-01-01
+    python data/reddit/prepare.py --download URL           # fetch a dump into raw/ first (resumable)
+    python data/reddit/prepare.py dumps/ --shard 0/4       # this machine's quarter of the threads
+
+Inputs: monthly RC_/RS_YYYY-MM.zst, per-subreddit <sub>_comments.zst / <sub>_submissions.zst, or
+.jsonl(.gz), one JSON object per line. Comments (body, parent_id) and submissions (title) are told
+apart per line, so any mix works; threads are grouped by link_id across ALL inputs.
+
+Threads -> dialogues, as DialoGPT: every root-to-leaf reply chain is one dialogue. A comment's own
+history is a prefix of the chains below it, so it is trained on with that history without being
+emitted again. Replies are visited best score first; a chain whose history (all turns but the
+last) was already emitted for its thread is skipped, and at most --max_per_thread dialogues come
+from one thread, so a 5,000-comment thread cannot repeat its top thousands of times. Consecutive
+comments by one author make one turn. A filtered comment ([deleted], bot, too long, ...) cuts the
+chain: the chain above it ends there, the replies below it start new chains, like replies whose
+parent is missing from the dump. Dialogue.key is the thread id, so a thread never lands in both
+train and val.
+
+Scale: pass 1 streams the inputs once, cleans and filters each line and hash-partitions the
+compact records by thread into zstd bucket files (temporary, beside the output; at most about a
+fifth of the raw JSON size, checked against free space first). Pass 2 builds one bucket's threads
+at a time in memory, buckets in order and threads sorted by id, so the output depends neither on
+--workers nor on the order of the inputs, and memory is bounded by the bucket size, not the dump.
+"""
+import argparse
+import html
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import zlib
+from collections import Counter, defaultdict, deque
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+import zstandard
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from chat import Dialogue, download, expand_inputs, normalize, prepare, prepare_parser, read_lines, zstd_chunks
+
+RAW = Path(__file__).resolve().parent / "raw"
+PATTERNS = ("*.zst", "*.jsonl", "*.jsonl.gz")  # what a folder is searched for; files may be named anyhow
+EXPANSION = {".zst": 12, ".gz": 6}  # raw JSON bytes per file byte, on the high side
+TEMP_FRACTION = 0.3                 # bucket files / raw JSON: 0.04-0.19 measured, 2005 dump the worst
+BUCKET_BYTES = 128 << 20            # raw JSON per bucket: pass 2 holds one bucket's threads in memory
+BUFFER_BYTES = 32 << 20             # pass 1 buffers this much before compressing into bucket files
+DELETED = ("[deleted]", "[removed]")
+
+QUOTE = re.compile(r"^[ \t]*>.*$", re.M)
+# [text](url) or [text](url "title"); urls may hold one level of parentheses (wikipedia)
+LINK = re.compile(r"\[([^\]\n]*)\]\(\s*[^()\s]*(?:\([^()\s]*\)[^()\s]*)*(?:\s+\"[^\"\n]*\")?\s*\)")
+URL = re.compile(r"(?:https?://|www\.)\S+")
+MOJIBAKE = re.compile("[\xc2-\xf4][\x80-\xbf]")
+BOT = re.compile(r"(?i)bot$|^automoderator$")
+
+ARGS = None  # the command line; pass 1/2 workers are forked, so they see it too
+
+
+def no_dumps_help():
+    return f"""error: no Reddit dumps given and none in {RAW}/
+
+Real dumps are one JSON object per line, zstd-compressed (2 GiB window):
+  - Pushshift monthly dumps 2005-06 .. 2023-12: RC_YYYY-MM.zst (comments) and RS_YYYY-MM.zst
+    (submissions), tens of GB each, shared as torrents on academictorrents.com
+    (search "reddit comments submissions").
+  - Per-subreddit dumps of the top 40,000 subreddits (<sub>_comments.zst, <sub>_submissions.zst),
+    also on academictorrents.com: the practical start for one community.
+  - Arctic Shift (github.com/ArthurHeitmann/arctic_shift): newer monthly dumps (2023 on) and a
+    download tool for single subreddits, in the same format.
+Put the files in {RAW}/ and run again, or pass them (files, globs or folders):
+  python data/reddit/prepare.py path/to/askscience_comments.zst path/to/askscience_submissions.zst
+or fetch one by URL first (resumable, progress bar; --sha256 to check it):
+  python data/reddit/prepare.py --download URL"""
+
+
+def parse_args(argv=None):
+    p = prepare_parser(__doc__)
+    p.add_argument("--download", metavar="URL", help="fetch a dump into data/reddit/raw/ first (resumable)")
+    p.add_argument("--sha256", help="expected sha256 of the --download file")
+    p.add_argument("--context", action="store_true",
+                   help="render the submission title (+ its text if within --max_chars) as the context block")
+    p.add_argument("--subreddits", help="comma-separated allow list (default: all)")
+    p.add_argument("--block_subreddits", help="comma-separated subreddits to skip, or @FILE, one per line")
+    p.add_argument("--nsfw", action="store_true", help="keep threads of over_18 submissions (default: drop)")
+    p.add_argument("--after", help="keep comments created from this UTC date (YYYY-MM-DD) or unix time on")
+    p.add_argument("--before", help="keep comments created before this UTC date or unix time")
+    p.add_argument("--min_score", type=int, help="drop comments scored below this (default: keep all)")
+    p.add_argument("--min_chars", type=int, default=2, help="drop shorter comments (after cleaning)")
+    p.add_argument("--max_chars", type=int, default=2000, help="drop longer comments (after cleaning)")
+    p.add_argument("--max_repeat", type=int, default=10, help="drop comments with a run of this many of one char")
+    p.add_argument("--keep_quotes", action="store_true", help="keep '> quoted' lines (default: removed)")
+    p.add_argument("--two_speakers", action="store_true", help="drop dialogues with more than two authors")
+    p.add_argument("--min_turns", type=int, default=2, help="drop dialogues with fewer turns")
+    p.add_argument("--max_depth", type=int, default=0, help="end chains after this many comments (0: none)")
+    p.add_argument("--max_per_thread", type=int, default=100, help="at most this many dialogues per thread")
+    p.add_argument("--shard", default="0/1", help="i/N: only threads whose id hashes to i mod N (0-based)")
+    p.add_argument("--buckets", type=int, help="temporary partitions (default: ~128 MB of JSON each)")
+    p.add_argument("--tmp_dir", help="folder for the temporary bucket files (default: the output folder)")
+    args = p.parse_args(argv)
+    i, _, n = args.shard.partition("/")
+    if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+        p.error(f"--shard takes i/N with 0 <= i < N, not {args.shard!r}")
+    args.shard_index, args.shard_count = int(i), int(n)
+    args.allow = {s.lower() for s in args.subreddits.split(",")} if args.subreddits else None
+    block = args.block_subreddits or ""
+    block = Path(block[1:]).read_text().split() if block.startswith("@") else block.split(",")
+    args.block = {s.strip().lower() for s in block if s.strip()}
+    args.after_t, args.before_t = timestamp(args.after, -math.inf), timestamp(args.before, math.inf)
+    return args
+
+
+def timestamp(value, default):
+    if value is None:
+        return default
+    if value.replace(".", "").isdigit():
+        return float(value)
+    t = datetime.fromisoformat(value)
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+# -----------------------------------------------------------------------------
+# pass 1 (in workers): one dump line -> a cleaned, compact record, or the reason it is dropped
+
+
+class BadLine(Exception):
+    """Not usable input: reported with file:line and counted (fatal with --strict)."""
+
+
+def field(obj, name):
+    if obj.get(name) is None:
+        raise BadLine(f"missing field: {name}")
+    return str(obj[name])
+
+
+def number(obj, name):
+    try:  # int, float or string depending on the dump's year; missing counts as 0
+        return float(obj.get(name) or 0)
+    except (TypeError, ValueError):
+        raise BadLine(f"bad field: {name} = {obj[name]!r}")
+
+
+def clean(text):
+    text = html.unescape(text).replace("\u200b", "")  # dumps keep Reddit's &gt; &amp; &#x200B;
+    if MOJIBAKE.search(text):  # old dumps hold some UTF-8 decoded as Latin-1 ("â\x80\x9c" for a quote)
+        try:
+            text = text.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            pass
+    if not ARGS.keep_quotes:
+        text = QUOTE.sub("", text)
+    return normalize(LINK.sub(r"\1", text))
+
+
+def comment_problem(author, body, score, created):
+    """Why a comment must go (a drop reason), or None. A dropped comment cuts its chain."""
+    if body.strip() in DELETED:
+        return "comments with a [deleted]/[removed] body"
+    if author in DELETED or not author:
+        return "comments by a deleted author"
+    if BOT.search(author):
+        return "comments by bots"
+    if not created >= ARGS.after_t or not created < ARGS.before_t:
+        return "comments outside --after/--before"
+    if ARGS.min_score is not None and score < ARGS.min_score:
+        return "comments below --min_score"
+    return None
+
+
+def text_problem(text):
+    """Why a cleaned comment must go, or None."""
+    if text and not URL.sub("", text).strip():
+        return "comments that are only a URL"
+    if len(text) < ARGS.min_chars:
+        return "comments shorter than --min_chars (after cleaning)"
+    if len(text) > ARGS.max_chars:
+        return "comments longer than --max_chars"
+    if re.search(r"(\S)\1{%d,}" % (ARGS.max_repeat - 1), text):
+        return "comments with a long run of one character"
+    return None
+
+
+def parse(obj):
+    """A dump object -> (link_id, kind, record or drop reason); kind is 'c' or 's'."""
+    if not isinstance(obj, dict):
+        raise BadLine("not a JSON object")
+    kind = "s" if "title" in obj else "c"
+    if kind == "c" and "body" not in obj and "parent_id" not in obj:
+        raise BadLine("neither a comment (body, parent_id) nor a submission (title)")
+    link = "t3_" + field(obj, "id" if kind == "s" else "link_id").removeprefix("t3_")
+    h = zlib.crc32(link.encode())
+    if h % ARGS.shard_count != ARGS.shard_index:
+        return link, kind, None
+    subreddit = str(obj.get("subreddit") or "").lower()
+    if ARGS.allow is not None and subreddit not in ARGS.allow:
+        return link, kind, "comments and posts outside --subreddits"
+    if subreddit in ARGS.block:
+        return link, kind, "comments and posts in --block_subreddits"
+    if kind == "s":
+        context = ""
+        if ARGS.context:
+            context, text = clean(field(obj, "title")), clean(str(obj.get("selftext") or ""))
+            if text and text not in DELETED and len(text) <= ARGS.max_chars:
+                context += "\n\n" + text
+        return link, kind, ["s", link, bool(obj.get("over_18")), context]
+    cid, parent, body = field(obj, "id"), field(obj, "parent_id"), field(obj, "body")
+    author, score, created = str(obj.get("author") or ""), number(obj, "score"), number(obj, "created_utc")
+    why = comment_problem(author, body, score, created) or text_problem(text := clean(body))
+    if why:
+        return link, kind, why
+    parent = "" if parent.startswith("t3_") else parent.removeprefix("t1_")  # "" = top level
+    return link, kind, ["c", link, cid.removeprefix("t1_"), parent, author, score, created, text]
+
+
+def parse_batch(batch):
+    """Pass 1 on (path, [(lineno, line)]) -> (bytes per bucket, counts, bad input to report)."""
+    path, lines = batch
+    parts, counts, bad = defaultdict(list), Counter(), []
+    for lineno, line in lines:
+        try:
+            link, kind, rec = parse(json.loads(line))
+        except json.JSONDecodeError as e:
+            bad.append((f"{path}:{lineno}", f"malformed JSON: {e.msg} at column {e.colno}"))
+            continue
+        except BadLine as e:
+            bad.append((f"{path}:{lineno}", str(e)))
+            continue
+        counts["comments read" if kind == "c" else "submissions read"] += 1
+        if rec is None:
+            counts["not in this --shard"] += 1
+        elif isinstance(rec, str):
+            counts["dropped: " + rec] += 1
+        else:
+            bucket = zlib.crc32(link.encode()) // ARGS.shard_count % ARGS.buckets
+            parts[bucket].append(json.dumps(rec, ensure_ascii=False) + "\n")
+    return {b: "".join(p).encode() for b, p in parts.items()}, counts, bad
+
+# -----------------------------------------------------------------------------
+# pass 2 (in workers): one bucket's threads -> dialogues
+
+
+def read_bucket(path):
+    """{link_id: [submission record or None, {comment id: record}]}; a comment or submission
+    found in several inputs is kept once (the largest record, so the choice is deterministic)."""
+    threads = defaultdict(lambda: [None, {}])
+    rest = b""
+    with open(path, "rb") as f:
+        for chunk in zstd_chunks(f, 1 << 20):
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                rec = json.loads(line)
+                thread = threads[rec[1]]
+                if rec[0] == "s":
+                    thread[0] = max(thread[0] or rec, rec)
+                else:
+                    thread[1][rec[2]] = max(thread[1].get(rec[2], rec), rec)
+    return threads
+
+
+def thread_dialogues(link, submission, comments, counts):
+    """Root-to-leaf chains of one thread, best score first, as Dialogues (see the docstring)."""
+    children, starts = defaultdict(list), []
+    for cid, rec in comments.items():
+        parent = rec[3]
+        if parent in comments:
+            children[parent].append(cid)
+        else:
+            starts.append(cid)
+            if parent:
+                counts["replies to a missing or dropped comment (start chains)"] += 1
+
+    def rank(cid):  # best score first, then oldest
+        return -comments[cid][5], comments[cid][6], cid
+
+    # a comment whose parents loop back to it is never reached from a chain start
+    reached, todo = len(starts), list(starts)
+    while todo:
+        kids = children.get(todo.pop(), [])
+        reached += len(kids)
+        todo += kids
+    if reached < len(comments):
+        counts["dropped: comments in reply cycles"] += len(comments) - reached
+
+    context = submission[3] if submission and ARGS.context else None
+    dialogues, histories, depth, visited = [], set(), {}, 0
+    stack = sorted(starts, key=rank, reverse=True)
+    depth.update((cid, 1) for cid in starts)
+    while stack:
+        cid = stack.pop()
+        visited += 1
+        kids = children.get(cid)
+        if kids and not (ARGS.max_depth and depth[cid] >= ARGS.max_depth):
+            for kid in sorted(kids, key=rank, reverse=True):
+                depth[kid] = depth[cid] + 1
+                stack.append(kid)
+            continue
+        if len(dialogues) >= ARGS.max_per_thread:
+            counts["dropped: chains over --max_per_thread"] += 1
+            continue
+        chain = [cid]  # a leaf: walk up to where its chain starts
+        for _ in range(depth[cid] - 1):
+            chain.append(comments[chain[-1]][3])
+        turns, authors = [], []
+        for c in reversed(chain):
+            author, text = comments[c][4], comments[c][7]
+            if authors and authors[-1] == author:  # one author twice in a row: one turn
+                turns[-1] += "\n\n" + text
+            else:
+                turns.append(text)
+                authors.append(author)
+        history = tuple(turns[:-1])
+        if len(turns) < ARGS.min_turns:
+            counts["dropped: dialogues with fewer than --min_turns turns"] += 1
+        elif ARGS.two_speakers and len(set(authors)) > 2:
+            counts["dropped: dialogues with more than two authors"] += 1
+        elif history in histories:
+            counts["dropped: dialogues repeating a history already used"] += 1
+        else:
+            histories.add(history)
+            dialogues.append(Dialogue(turns, context=context or None, key=link))
+    if visited < reached:
+        counts["dropped: comments deeper than --max_depth"] += reached - visited
+    return dialogues
+
+
+def bucket_dialogues(path):
+    counts, dialogues = Counter(), []
+    if not path.exists():  # no thread hashed here
+        return dialogues, counts
+    threads = read_bucket(path)
+    path.unlink()  # free the disk as we go
+    for link in sorted(threads):
+        submission, comments = threads[link]
+        if not comments:
+            continue
+        if submission and submission[2] and not ARGS.nsfw:
+            counts["dropped: over_18 threads"] += 1
+        else:
+            counts["threads"] += 1
+            dialogues += thread_dialogues(link, submission, comments, counts)
+    return dialogues, counts
+
+# -----------------------------------------------------------------------------
+# the driver
+
+
+def parallel_map(fn, items, workers, in_flight):
+    """fn over items, results in order; with workers > 1 in forked processes (which inherit ARGS),
+    at most in_flight items at once so memory stays bounded however long items runs."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    import multiprocessing as mp
+    with mp.get_context("fork").Pool(workers, signal.signal, (signal.SIGTERM, signal.SIG_DFL)) as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.apply_async(fn, (item,)))
+            if len(pending) >= in_flight:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def line_batches(paths, report, size=1 << 22):
+    for path in paths:
+        batch, n = [], 0
+        for lineno, line in read_lines(path, report):
+            batch.append((lineno, line))
+            n += len(line)
+            if n >= size:
+                yield path, batch
+                batch, n = [], 0
+        if batch:
+            yield path, batch
+
+
+def raw_size(path):
+    """An upper estimate of a file's raw JSON size (compressed sizes are all we know up front)."""
+    return os.path.getsize(path) * EXPANSION.get(Path(path).suffix, 1)
+
+
+def partition(paths, buckets, report):
+    """Pass 1: every input line -> its thread's bucket file (zstd frames, appended)."""
+    buffers, buffered, cctx = [[] for _ in buckets], 0, zstandard.ZstdCompressor(level=3)
+
+    def flush():
+        for path, buffer in zip(buckets, buffers):
+            if buffer:
+                with open(path, "ab") as f:
+                    f.write(cctx.compress(b"".join(buffer)))
+                buffer.clear()
+
+    batches = line_batches(paths, report)
+    for parts, counts, bad in parallel_map(parse_batch, batches, ARGS.workers, 2 * ARGS.workers):
+        for where, why in bad:
+            report.bad(where, why)
+        report.counts.update(counts)
+        for b, data in parts.items():
+            buffers[b].append(data)
+            buffered += len(data)
+        if buffered > BUFFER_BYTES:
+            flush()
+            buffered = 0
+    flush()
+
+
+def read_dialogues(paths, report):
+    """Both passes: paths -> Dialogues, in bucket order, threads sorted by id."""
+    if not paths:
+        sys.exit(f"error: no dump files ({', '.join(PATTERNS)}) in {ARGS.inputs}")
+    raw = sum(raw_size(p) for p in paths)
+    ARGS.buckets = ARGS.buckets or max(1, math.ceil(raw / BUCKET_BYTES))
+    tmp = Path(tempfile.mkdtemp(prefix="buckets-", dir=ARGS.tmp_root))
+    need, free = raw * TEMP_FRACTION, shutil.disk_usage(tmp).free
+    if need > free:
+        sys.exit(f"error: the temporary bucket files may need {need / 1e9:.1f} GB but {tmp} has "
+                 f"{free / 1e9:.1f} GB free; point --tmp_dir at a bigger disk")
+    print(f"pass 1: {len(paths)} files into {ARGS.buckets} buckets in {tmp} (at most ~{need / 1e9:.2f} GB)")
+    report.counts["files"] += len(paths)
+    partition(paths, [tmp / f"{b:05d}.zst" for b in range(ARGS.buckets)], report)
+    print(f"pass 2: threads -> dialogues, {ARGS.buckets} buckets")
+    buckets = [tmp / f"{b:05d}.zst" for b in range(ARGS.buckets)]
+    for dialogues, counts in parallel_map(bucket_dialogues, buckets, ARGS.workers, ARGS.workers):
+        report.counts.update(counts)
+        yield from dialogues
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None):
+    global ARGS
+    ARGS = args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still removes the temp files
+    if args.download:
+        download(args.download, RAW / Path(urlparse(args.download).path).name, args.sha256)
+    if not args.inputs:
+        if not (RAW.is_dir() and expand_inputs([str(RAW)], PATTERNS)):
+            sys.exit(no_dumps_help())
+        args.inputs = [str(RAW)]
+    out_dir = Path(args.out_dir or Path(__file__).resolve().parent)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args.tmp_root = tempfile.mkdtemp(prefix=".reddit-tmp-", dir=args.tmp_dir or out_dir)
+    # tokens are encoded in this process: parsing is the bottleneck, and no second pool of chat's
+    # is then forked beside ours (fork beside another pool's threads risks deadlocks)
+    try:
+        return prepare(argparse.Namespace(**{**vars(args), "workers": 1}), read_dialogues, __file__, PATTERNS)
+    finally:
+        shutil.rmtree(args.tmp_root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
