@@ -129,7 +129,7 @@ def comment(cid, parent, author, body, link="t3_x", **kw):
             "score": 1, "created_utc": "1134365188", "subreddit": "test", **kw}
 
 
-def test_chains_merge_cut_dedup_and_survive_cycles(tmp_path):
+def test_chains_merge_cut_dedup_and_survive_cycles(tmp_path, gpt2):
     objs = [
         {"id": "x", "title": "Post", "selftext": "", "subreddit": "test"},
         comment("a", "t3_x", "ann", "hello there"),
@@ -157,7 +157,7 @@ def test_chains_merge_cut_dedup_and_survive_cycles(tmp_path):
     assert not meta["counts"]["train"]  # chains of one comment are no dialogue
 
 
-def test_filters_are_counted(tmp_path):
+def test_filters_are_counted(tmp_path, gpt2):
     objs = [
         {"id": "n", "title": "nsfw post", "over_18": True, "subreddit": "test"},
         comment("a", "t3_n", "ann", "hello", link="t3_n"), comment("b", "t1_a", "bob", "hi", link="t3_n"),
