@@ -120,6 +120,9 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2
+        # training only: keep each block's input, not its activations, and recompute them in
+        # backward (about a third more compute for a fraction of the memory); train.py sets it
+        self.activation_checkpointing = False
         self.apply(self._init_weights)
         # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2 * n_layer)
         # so the stream's variance does not grow with depth.
@@ -150,7 +153,10 @@ class GPT(nn.Module):
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, i)
+            if self.activation_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)  # same dropout masks again
+            else:
+                x = block(x, kv_cache, i)
         x = self.transformer.ln_f(x)
         if kv_cache is not None:
             kv_cache.pos += T

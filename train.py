@@ -1,7 +1,14 @@
 """
-Train a chat GPT on a prepared dataset (data/<name>/, written by a data/<name>/prepare.py).
-The settings are the globals below, overridden by config/*.py files and --key=value (see
-configurator.py). Checkpoints go to out_dir/ckpt.pt; --init_from=resume continues one exactly.
+Train a chat GPT on a prepared dataset (data/<name>/, written by a data/<name>/prepare.py), or on a
+weighted mixture of several. The settings are the globals below, overridden by config/*.py files
+and --key=value (see configurator.py). Checkpoints go to out_dir/ckpt.pt (always the latest, written
+atomically) with ckpt_<iter>.pt and best.pt beside it.
+
+Exact resume: every batch, and its dropout masks, come from (seed, iteration, micro-step) alone,
+so a checkpoint needs no data position or RNG state: --init_from=resume (or auto) after a crash, a
+SIGKILL, or on another number of ranks draws exactly the batches the run would have drawn, and on
+CPU in float32 ends bit-identical to a run that never stopped. SIGTERM (preemption) and Ctrl-C
+finish the step, save a checkpoint and exit; rerun the same command with --init_from=auto.
 
 One process (CPU, one GPU, a Mac):
 $ python train.py config/train_chat_char.py --batch_size=32
@@ -9,9 +16,14 @@ DDP over the 4 GPUs of one node:
 $ torchrun --standalone --nproc_per_node=4 train.py config/finetune_chat.py
 Two nodes of 8 GPUs: run on each (node_rank 0 on the master; NCCL_IB_DISABLE=1 without InfiniBand)
 $ torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py ...
+A model too big for DDP (weights, gradients and AdamW state on every GPU), e.g. GPT-2 XL on 24 GB cards:
+$ torchrun --standalone --nproc_per_node=4 train.py config/finetune_chat.py --init_from=gpt2-xl --fsdp
 """
 import math
 import os
+import re
+import shutil
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -20,6 +32,10 @@ from dataclasses import asdict
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import chat
@@ -29,18 +45,30 @@ from model import GPT, GPTConfig, default_device, default_dtype, load_checkpoint
 # default config: a small char-level model that trains on a laptop CPU
 # I/O
 out_dir = 'out'
-eval_interval = 250
+eval_interval = 250  # also how often checkpoints are written
 log_interval = 10
 eval_iters = 40  # batches per loss estimate, shared among the ranks
 eval_only = False  # evaluate once and exit
+eval_sample = ''  # a message from A: at each eval the model's reply is printed (and logged to wandb)
 always_save_checkpoint = True  # else only when the val loss improves
-init_from = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl' or a local HF GPT-2 folder
+# 'scratch'; 'resume' (out_dir/ckpt.pt: weights, optimizer, iteration); 'auto' (resume if out_dir/ckpt.pt
+# exists, else scratch; 'auto:<init>' else that init); the path of one of our .pt files (its weights,
+# a fresh optimizer, schedule and iteration count: pretrain -> finetune); 'gpt2'...'gpt2-xl' or a HF GPT-2 folder
+init_from = 'scratch'
+keep_last = 2  # ckpt_<iter>.pt copies kept beside ckpt.pt (hard links: the newest costs no disk)
+keep_every_hours = 0.0  # also keep one ckpt_<iter>.pt per this many hours for good (0 = off)
 # wandb logging
 wandb_log = False
 wandb_project = 'nanotalk'
 wandb_run_name = 'run'
 # data
-dataset = 'dailydialog_char'  # a folder under data/, or a path
+dataset = 'dailydialog_char'  # a folder under data/ or a path; a mixture: 'webtext:0.5,reddit:0.3,dailydialog:0.2'
+# which targets the loss trains on: 'all' (every token); 'B' (B's turns); 'replies' (every turn but
+# each dialogue's first). A turn's label and closing separator belong to it, so the model learns to
+# end its turns. Under 'B' and 'replies', eot and context tokens are read but not trained (no eot is
+# learned: a reply ends at the separator), and plain text outside dialogues (a pretraining set in a
+# mixture) is trained as under 'all'
+train_on = 'all'
 gradient_accumulation_steps = 1  # micro-steps per optimizer step, over all ranks together
 batch_size = 16  # sequences per micro-step
 block_size = 256
@@ -50,6 +78,10 @@ n_head = 4
 n_embd = 128
 dropout = 0.0
 bias = False
+activation_checkpointing = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
+# shard weights, gradients and AdamW state over the ranks (FSDP2, under torchrun). Checkpoints are
+# then sharded too: ckpt.pt names its folder of shards (python export.py --to=x.pt makes one file)
+fsdp = False
 # AdamW
 learning_rate = 1e-3
 max_iters = 2000  # optimizer steps in all
@@ -57,17 +89,22 @@ weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0  # 0 = off
-# learning rate: linear warmup, then cosine decay to min_lr
+max_nan_steps = 10  # a non-finite loss skips its step; this many in a row stop the run
+# learning rate: linear warmup, then cosine decay to min_lr, counted from schedule_start
 decay_lr = True
 warmup_iters = 100
 lr_decay_iters = 2000  # usually = max_iters
 min_lr = 1e-4  # usually learning_rate / 10
+# iteration the schedule counts from; None: the resumed checkpoint's (0 for a new run). Give the
+# resumed iteration to restart the schedule (new data): a rerun of that command never restarts it twice
+schedule_start = None
 # system
 backend = None  # DDP backend; None: nccl on CUDA, gloo otherwise
 device = None  # 'cpu', 'cuda', 'cuda:1', 'mps'; None: the best there is (cuda > mps > cpu)
 dtype = None  # 'float32', 'bfloat16', 'float16'; None: bfloat16 where the hardware has it
 compile = None  # torch.compile the model; None: on CUDA only (a CPU run rarely earns back the warmup)
 seed = 1337
+fault = ''  # tests: 'kill:K' SIGKILL after iteration K, 'term:K' SIGTERM to rank 0, 'nan:K' NaN loss on the last rank
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 device = device or default_device()
@@ -75,6 +112,11 @@ device_type = device.split(':')[0]
 dtype = dtype or default_dtype(device)
 backend = backend or ('nccl' if device_type == 'cuda' else 'gloo')
 compile = device_type == 'cuda' if compile is None else compile
+faults = {kind: int(k) for kind, k in (f.split(':') for f in fault.split(',') if f)}
+if train_on not in ('all', 'B', 'replies'):
+    sys.exit(f"train_on must be 'all', 'B' or 'replies', not {train_on!r}")
+if fsdp and ('RANK' not in os.environ or dtype == 'float16'):
+    sys.exit("fsdp shards over the ranks of a torchrun launch (--nproc_per_node=1 is one), in bfloat16 or float32")
 # -----------------------------------------------------------------------------
 
 ddp = 'RANK' in os.environ  # launched by torchrun
@@ -97,9 +139,16 @@ def log(*args):
         print(*args, flush=True)
 
 
+def finish(code=0, message=None):
+    if message:
+        log(message)
+    if ddp:
+        dist.destroy_process_group()
+    sys.exit(code)
+
+
 if master:
     os.makedirs(out_dir, exist_ok=True)
-torch.manual_seed(seed)  # the same initial weights on every rank
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores
     torch.backends.cudnn.allow_tf32 = True
@@ -108,69 +157,155 @@ if ptdtype is None:
     sys.exit(f"dtype must be 'float32', 'bfloat16' or 'float16', not {dtype!r}")
 ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=ptdtype)
 
-# data: token memmaps of both splits (the role bytes are not needed to train on every token)
-data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', dataset)
-if not os.path.isdir(data_dir):
-    data_dir = dataset
-meta = chat.load_meta(data_dir)
-splits = {s: chat.open_split(data_dir, s, meta)[0] for s in ('train', 'val')}
+# data: the token and role memmaps of both splits of each dataset (name[:weight], comma-separated)
+names, weights = [], []
+for part in dataset.split(','):
+    name, colon, weight = part.rpartition(':')
+    names.append(name if colon else part)
+    try:
+        weights.append(float(weight) if colon else 1.0)
+    except ValueError:
+        sys.exit(f"dataset {part!r}: the weight after ':' must be a number")
 
 
-def get_batch(split, step, micro):
-    """batch_size random windows of split. All the randomness of a micro-step (these windows, then
-    its dropout masks) comes from the global RNG seeded with (seed, split, step, micro) alone, so a
-    resumed run, or one spread over another number of ranks, draws exactly the same."""
+def data_dir(name):  # a folder under data/, or a path
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name)
+    return path if os.path.isdir(path) else name
+
+
+data_dirs = [data_dir(n) for n in names]
+metas = [chat.load_meta(d) for d in data_dirs]
+meta = metas[0]  # the one checkpoints keep: sample.py rebuilds the tokenizer from it
+
+
+def tokenizer_of(meta):  # what must match between datasets, or a checkpoint and its new data
+    return {k: v for k, v in meta['tokenizer'].items() if k != 'dir'}
+
+
+for d, m in zip(data_dirs, metas):
+    if tokenizer_of(m) != tokenizer_of(meta):
+        sys.exit(f"error: {data_dirs[0]} and {d} were encoded with different tokenizers "
+                 f"({meta['tokenizer']['kind']} vs {m['tokenizer']['kind']}): a mixture needs one")
+splits = [{s: chat.open_split(d, s, m) for s in ('train', 'val')} for d, m in zip(data_dirs, metas)]
+mix = torch.tensor(weights)
+eot = meta['eot']
+
+
+def get_batch(split, step, micro, source=None):
+    """batch_size random windows of one dataset's split: inputs, targets and the targets' role
+    bytes. All the randomness of a micro-step (the dataset, by weight; the windows; then its
+    dropout masks) comes from the global RNG seeded with (seed, split, step, micro) alone, so a
+    resumed run, or one spread over another number of ranks, draws exactly the same. source picks
+    the dataset instead of the weights (evaluation)."""
     torch.manual_seed(hash((seed, split == 'val', step, micro)))  # int tuples hash the same everywhere
-    data = splits[split]
-    ix = torch.randint(len(data) - block_size, (batch_size,)).tolist()
-    xy = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
-    x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
+    tokens, roles = splits[torch.multinomial(mix, 1).item() if source is None else source][split]
+    ix = torch.randint(len(tokens) - block_size, (batch_size,)).tolist()
+    xy = torch.from_numpy(np.stack([tokens[i:i + block_size + 1] for i in ix]).astype(np.int64))
+    r = torch.from_numpy(np.stack([roles[i + 1:i + block_size + 1] for i in ix]))
+    batch = xy[:, :-1].contiguous(), xy[:, 1:].contiguous(), r
     if device_type == 'cuda':  # pinned memory lets the copy overlap the previous step's compute
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+        return [t.pin_memory().to(device, non_blocking=True) for t in batch]
+    return [t.to(device) for t in batch]
+
+
+def train_mask(y, roles):
+    """The targets train_on trains on (see its comment above)."""
+    if train_on == 'all':
+        return torch.ones_like(y, dtype=torch.bool)
+    speaker = roles & 15
+    plain = (roles == 0) & (y != eot)  # text outside any dialogue
+    if train_on == 'B':
+        return plain | (speaker == 2)
+    return plain | ((speaker != 0) & ((roles & chat.ROLE_FIRST_TURN) == 0))
 
 
 # model
+user_config = {k: globals()[k] for k in config_keys}  # before a checkpoint's architecture overrides it
 iter_num, best_val_loss, ckpt = 0, float('inf'), None
-if init_from == 'scratch':
+torch.manual_seed(seed)  # the same initial weights on every rank
+if init_from.startswith('auto'):  # rerunning the same command continues the run
+    init_from = 'resume' if os.path.exists(os.path.join(out_dir, 'ckpt.pt')) else init_from[5:] or 'scratch'
+resume = init_from == 'resume'
+if resume or os.path.isfile(init_from):  # one of our checkpoints
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt') if resume else init_from
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except (FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+    if tokenizer_of(ckpt['meta']) != tokenizer_of(meta):
+        sys.exit(f"error: {ckpt_path} was trained on another tokenizer than {data_dirs[0]}'s")
+    if 'shards' in ckpt and not resume:
+        sys.exit(f"error: {ckpt_path} is sharded: make it one file (python export.py --init_from={ckpt_path} "
+                 f"--to=one.pt) and start from that")
+    # its architecture, whatever the config says; dropout is a training choice. Shards are read
+    # below, once the model is laid out (sharded or not) as this run lays it out
+    ckpt['model_args'] = {**ckpt['model_args'], 'dropout': dropout}
+    model = GPT.from_checkpoint(ckpt) if 'model' in ckpt else GPT(GPTConfig(**ckpt['model_args']))
+elif init_from == 'scratch':
     vocab_size = math.ceil(meta['vocab_size'] / 64) * 64  # padded for faster matmuls; extra ids never occur
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
                           n_embd=n_embd, dropout=dropout, bias=bias))
-elif init_from == 'resume':
-    ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
-    model = GPT.from_checkpoint(ckpt)  # the checkpoint's architecture, whatever the config says
-    iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
-else:  # OpenAI's GPT-2 weights, with a fresh optimizer and schedule
+else:  # OpenAI's GPT-2 weights
     model = GPT.from_pretrained(init_from, dropout=dropout)
+if not resume:  # a new run: the weights fit our block_size
     if block_size > model.config.block_size:
         sys.exit(f"block_size {block_size} is larger than {init_from}'s {model.config.block_size}")
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)
+model.activation_checkpointing = activation_checkpointing
 model_args = asdict(model.config)
 if meta['vocab_size'] > model_args['vocab_size']:
-    sys.exit(f"{data_dir} has {meta['vocab_size']} token ids; the model only {model_args['vocab_size']}")
+    sys.exit(f"{data_dirs[0]} has {meta['vocab_size']} token ids; the model only {model_args['vocab_size']}")
 # the architecture trained is the checkpoint's or GPT-2's: record it, and batch with its block_size
 globals().update({k: v for k, v in model_args.items() if k in config_keys})
 config = {k: globals()[k] for k in config_keys}
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
-for s, data in splits.items():
-    if len(data) <= block_size:
-        sys.exit(f"{data_dir}/{s}.bin has {len(data)} tokens: fewer than block_size + 1 = {block_size + 1}")
+for d, s in zip(data_dirs, splits):
+    for split, (tokens, _) in s.items():
+        if len(tokens) <= block_size:
+            sys.exit(f"{d}/{split}.bin has {len(tokens)} tokens: fewer than block_size + 1 = {block_size + 1}")
+train_tokens = {n: len(s['train'][0]) for n, s in zip(names, splits)}
+schedule_from = schedule_start if schedule_start is not None else ckpt.get('schedule_start', 0) if resume else 0
+if resume:
+    iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+    old = ckpt['config']
+    changes = [f"world size {ckpt['world_size']} -> {world_size}"] * (ckpt.get('world_size', world_size) != world_size)
+    for k, v in user_config.items():
+        if k != 'init_from' and old.get(k, v) != v:
+            arch = k in model_args and k != 'dropout'
+            changes.append(f"{k} stays the checkpoint's {old[k]!r}, not {v!r}" if arch else f"{k} {old[k]!r} -> {v!r}")
+    for n, t in train_tokens.items():
+        if ckpt.get('train_tokens', {}).get(n, t) != t:
+            changes.append(f"{n} has {t:,} train tokens, {ckpt['train_tokens'][n]:,} before")
+    log("\n  ".join([f"resuming {ckpt_path} at iter {iter_num}" + (", changed:" if changes else "")] + changes))
 model.to(device)
+if fsdp:
+    for block in model.transformer.h:
+        fully_shard(block)  # each block's weights are gathered for its forward and backward only
+    fully_shard(model)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')  # float16 gradients underflow unscaled
-if ckpt is not None:
-    optimizer.load_state_dict(ckpt['optimizer'])
-    scaler.load_state_dict(ckpt['scaler'])
-    ckpt = None  # free the memory
 raw_model = model  # no compile or DDP wrapper: its state_dict has plain names
+if resume:
+    if 'shards' in ckpt:
+        # DCP reads the shards into this run's layout, whatever the old one: FSDP or not, any world size
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state = {'model': model_state, 'optimizer': optim_state}
+        dcp.load(state, checkpoint_id=os.path.join(out_dir, ckpt['shards']))
+        set_state_dict(model, optimizer, model_state_dict=state['model'], optim_state_dict=state['optimizer'])
+    elif fsdp:
+        sys.exit(f"error: {ckpt_path} is one file, not shards: resume it without --fsdp")
+    else:
+        optimizer.load_state_dict(ckpt['optimizer'])
+    scaler.load_state_dict(ckpt['scaler'])
+ckpt = None  # free the memory
 if compile:
     log("compiling the model... (takes a minute)")
     model = torch.compile(model)
-ddp_model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None) if ddp else model
+ddp_model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None) if ddp and not fsdp else model
 log(f"{raw_model.num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens per iteration "
     f"({gradient_accumulation_steps} micro-steps x {batch_size} x {block_size} over {world_size} rank(s)), "
-    f"data {data_dir}, {device} {dtype}")
+    f"data {', '.join(data_dirs)}, {device} {dtype}")
 
 
 def get_lr(it):
@@ -186,38 +321,108 @@ def get_lr(it):
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss of each split over the same eval_iters batches every time, shared among the ranks
-    (so it does not depend on their number)."""
+    """Losses over the same eval_iters batches every time, shared among the ranks (so they do not
+    depend on their number). 'train' and 'val' are the loss on train_on's targets; a mixture adds
+    each dataset's (val/<name>; 'val' is their weighted mean); val/A and val/B are the loss on
+    each speaker's turns, whatever train_on is."""
     model.eval()
-    out = {}
-    for split in ('train', 'val'):
-        total = torch.zeros(2, device=device)  # sum of batch losses, number of batches
-        for k in range(rank, eval_iters, world_size):
-            x, y = get_batch(split, -1, k)  # step -1: never a training batch
+
+    def sums(split, source):  # loss sum and count of: the trained targets, A's, B's
+        acc = torch.zeros(6, device=device)
+        for k in range(rank, eval_iters + (-eval_iters) % world_size, world_size):
+            x, y, roles = get_batch(split, -1, k, source)  # step -1: never a training batch
             with ctx:
-                _, loss = model(x, y)
-            total += torch.stack((loss.float(), torch.ones((), device=device)))
+                logits, _ = model(x, y)
+            if k >= eval_iters:
+                continue  # a forward only to match the other ranks' count: FSDP's need all of them
+            losses = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction='none').view_as(y)
+            for i, mask in enumerate((train_mask(y, roles), (roles & 15) == 1, (roles & 15) == 2)):
+                acc[2 * i:2 * i + 2] += torch.stack((torch.where(mask, losses, 0.0).sum(), mask.sum()))
         if ddp:
-            dist.all_reduce(total)
-        out[split] = (total[0] / total[1]).item()
+            dist.all_reduce(acc)
+        return acc.tolist()
+
+    def mean(total, count):
+        return total / count if count else float('nan')  # nothing trained in these batches
+
+    out = {'train': mean(*sums('train', None)[:2])}
+    val = [sums('val', s) for s in range(len(splits))]
+    out['val'] = sum(w * mean(*v[:2]) for w, v in zip(weights, val)) / sum(weights)
+    if len(val) > 1:
+        out.update({f'val/{os.path.basename(os.path.normpath(n))}': mean(*v[:2]) for n, v in zip(names, val)})
+    for i, speaker in ((2, 'A'), (4, 'B')):
+        total, count = sum(v[i] for v in val), sum(v[i + 1] for v in val)
+        if count:  # plain text has no speakers
+            out[f'val/{speaker}'] = total / count
     model.train()
     return out
 
 
+def sample_reply():
+    """The model's reply, as B, to eval_sample: the prompt comes from chat.reply_prompt like
+    sample.py's, and the reply ends where training turns end."""
+    prompt = chat.reply_prompt(tok, [eval_sample], max_tokens=block_size // 2)
+    reply = []
+    raw_model.eval()
+    with ctx:
+        for token in raw_model.generate(torch.tensor([prompt], device=device), block_size // 2, temperature=0.8,
+                                        generator=torch.Generator(device=device).manual_seed(seed)):
+            if token.item() == eot:
+                break
+            reply.append(token.item())
+            if chat.end_of_reply(tok.decode(reply)) is not None:
+                break
+    raw_model.train()
+    text = tok.decode(reply)
+    return text[:chat.end_of_reply(text)].strip()
+
+
 def save_checkpoint(is_best):
     """out_dir/ckpt.pt, atomically: written beside it, synced, then renamed over it, so a crash
-    leaves the previous checkpoint whole. best.pt is a hard link to the best one so far."""
-    ckpt = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                model_args=model_args, iter_num=iter_num, best_val_loss=best_val_loss, config=config, meta=meta)
+    leaves the previous checkpoint whole. best.pt and ckpt_<iter>.pt are hard links to it, more
+    names for the same file; old ckpt_<iter>.pt are deleted as keep_last and keep_every_hours say.
+    With fsdp, every rank first writes its shards to ckpt_<iter>.dcp/, which ckpt.pt then names."""
+    ckpt = dict(scaler=scaler.state_dict(), model_args=model_args, iter_num=iter_num, best_val_loss=best_val_loss,
+                config=config, meta=meta, world_size=world_size, schedule_start=schedule_from,
+                train_tokens=train_tokens)
+    if fsdp:
+        ckpt['shards'] = f'ckpt_{iter_num}.dcp'
+        model_state, optim_state = get_state_dict(raw_model, optimizer)
+        dcp.save({'model': model_state, 'optimizer': optim_state}, checkpoint_id=os.path.join(out_dir, ckpt['shards']))
+    else:
+        ckpt.update(model=raw_model.state_dict(), optimizer=optimizer.state_dict())
+    if master:
+        write_checkpoint(ckpt, is_best)
+    if ddp:
+        dist.barrier()  # the others wait here rather than inside a gradient all-reduce
+
+
+def write_checkpoint(ckpt, is_best):
     path, tmp = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'ckpt.pt.tmp')
     with open(tmp, 'wb') as f:
         torch.save(ckpt, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    if is_best:  # the link keeps this file alive when the next ckpt.pt replaces the name
-        os.link(path, tmp)
-        os.replace(tmp, os.path.join(out_dir, 'best.pt'))
+    for name in (['best.pt'] if is_best else []) + ([f'ckpt_{iter_num}.pt'] if keep_last or keep_every_hours else []):
+        os.link(path, tmp)  # the link keeps this file alive when the next ckpt.pt replaces the name
+        os.replace(tmp, os.path.join(out_dir, name))
+    # Of the ckpt_<iter>.pt older than the last keep_last, keep the first, then the first written
+    # keep_every_hours after the one kept before it, and so on: deleting the others never changes that choice
+    iters = sorted(int(m[1]) for f in os.listdir(out_dir) if (m := re.fullmatch(r'ckpt_(\d+)\.pt', f)))
+    kept = None
+    for it in iters[:len(iters) - keep_last]:
+        old = os.path.join(out_dir, f'ckpt_{it}.pt')
+        if keep_every_hours and (kept is None or os.path.getmtime(old) >= kept + keep_every_hours * 3600):
+            kept = os.path.getmtime(old)
+        else:
+            os.remove(old)
+    files = os.listdir(out_dir)
+    if any(f.endswith('.dcp') for f in files):  # a folder of shards lives while a checkpoint names it
+        named = {load_checkpoint(os.path.join(out_dir, f)).get('shards') for f in files if f.endswith('.pt')}
+        for f in files:
+            if f.endswith('.dcp') and f not in named:
+                shutil.rmtree(os.path.join(out_dir, f))
     log(f"saved {path} at iter {iter_num}" + (" (best so far)" if is_best else ""))
 
 
@@ -256,58 +461,100 @@ def duration(seconds):
     return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+stop_signal = 0
+
+
+def request_stop(signum, frame):
+    """SIGTERM (preemption; torchrun passes it on) or Ctrl-C: the step in flight finishes, a
+    checkpoint is saved, the run exits. A second one kills at once."""
+    global stop_signal
+    stop_signal = signum
+    signal.signal(signum, signal.SIG_DFL)
+
+
+for s in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(s, request_stop)
 if wandb_log and master:
     import wandb
     wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+tok = chat.load_tokenizer(meta) if eval_sample else None
 flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
 peak = peak_flops() * world_size
-start_iter = iter_num
+start_iter, nan_steps, skipped = iter_num, 0, 0
 t_last, steps_timed = time.time(), 0
 while True:
-    lr = get_lr(iter_num)
+    lr = get_lr(iter_num - schedule_from)
     for group in optimizer.param_groups:
         group['lr'] = lr
     if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
         losses = estimate_loss()
-        log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}" +
+            "".join(f", {k} {v:.4f}" for k, v in losses.items() if '/' in k))
         if wandb_log and master:
-            wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val']})
+            wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'],
+                       **{k: v for k, v in losses.items() if '/' in k}})
+        if eval_sample and (master or fsdp):  # a sharded model needs all ranks for each forward
+            reply = sample_reply()
+            log(f"sample: A: {eval_sample} -> B: {reply}")
+            if wandb_log and master:
+                wandb.log({'iter': iter_num, 'sample': wandb.Table(columns=['iter', 'A', 'B'],
+                                                                   data=[[iter_num, eval_sample, reply]])})
         is_best = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
         if iter_num > start_iter and (is_best or always_save_checkpoint):
-            if master:
-                save_checkpoint(is_best)
-            if ddp:
-                dist.barrier()  # the others wait here rather than inside a gradient all-reduce
+            save_checkpoint(is_best)
         t_last, steps_timed = time.time(), 0  # eval time is not training time
     if iter_num >= max_iters or eval_only:
         break
 
-    # one optimizer step: this rank runs micro-steps rank, rank + world_size, ... of the global
-    # batch; DDP averages the gradients over ranks once, after the last micro-step
-    loss_sum = torch.zeros((), device=device)
+    # One optimizer step over the global batch: this rank's micro-steps are rank, rank + world_size,
+    # ... Every trained target weighs the same: the loss is the sum over all of them, on all ranks
+    # and micro-steps, divided by their count, so the batches are fetched first to count them.
+    batches = []
     for micro in range(accum_steps):
-        x, y = get_batch('train', iter_num, rank + micro * world_size)
-        with ddp_model.no_sync() if ddp and micro < accum_steps - 1 else nullcontext():
+        x, y, roles = get_batch('train', iter_num, rank + micro * world_size)
+        batches.append((x, y.masked_fill(~train_mask(y, roles), -1)))
+    n_trained = sum((y != -1).sum() for _, y in batches).float()
+    if ddp:
+        dist.all_reduce(n_trained)
+    n_trained.clamp_(min=1)
+    loss_sum = torch.zeros((), device=device)
+    for micro, (x, y) in enumerate(batches):
+        last = micro == accum_steps - 1  # DDP/FSDP average the gradients over the ranks once, after it
+        if fsdp:
+            model.set_requires_gradient_sync(last)
+        with ddp_model.no_sync() if ddp and not fsdp and not last else nullcontext():
             with ctx:
-                _, loss = ddp_model(x, y)
-            scaler.scale(loss / accum_steps).backward()
+                _, loss = ddp_model(x, y)  # the mean over this micro-batch's trained targets
+            n = (y != -1).sum()
+            loss = torch.where(n > 0, loss * n, 0.0)  # their sum; none (a NaN mean) adds nothing
+            if faults.get('nan') == iter_num + 1 and rank == world_size - 1 and micro == 0:
+                loss = loss * float('nan')
+            scaler.scale(loss * world_size / n_trained).backward()  # x world_size undoes that average
         loss_sum += loss.detach()
-    if grad_clip:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
+    # one all-reduce agrees on the step's loss (a NaN on any rank makes it NaN on all) and on stopping
+    stats = torch.stack((loss_sum / n_trained, torch.tensor(float(stop_signal), device=device)))
+    if ddp:
+        dist.all_reduce(stats)
+    lossf, stopping = stats.tolist()
+    if math.isfinite(lossf):
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        nan_steps = 0
+    else:
+        nan_steps, skipped = nan_steps + 1, skipped + 1
+        log(f"warning: iter {iter_num + 1}: loss is {lossf}, step skipped ({skipped} skipped in this run)")
+        if nan_steps >= max_nan_steps:
+            finish(1, f"stopping: {nan_steps} non-finite losses in a row; the checkpoints in {out_dir} are from "
+                      f"before them. Try a lower learning_rate, bfloat16 instead of float16, or check the data.")
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
     steps_timed += 1
 
     if iter_num % log_interval == 0 or iter_num == max_iters:
-        loss_mean = loss_sum / accum_steps
-        if ddp:
-            dist.all_reduce(loss_mean)
-            loss_mean /= world_size
-        lossf = loss_mean.item()  # waits for the device, so the time below is real
         dt = (time.time() - t_last) / steps_timed
         t_last, steps_timed = time.time(), 0
         mfu = flops_per_iter / dt / peak
@@ -315,6 +562,13 @@ while True:
             f"mfu {mfu * 100:.1f}%, eta {duration((max_iters - iter_num) * dt)}")
         if wandb_log and master:
             wandb.log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'mfu': mfu * 100, 'tok/s': tokens_per_iter / dt})
+    if stopping:
+        save_checkpoint(False)
+        finish(128 + (stop_signal or signal.SIGTERM),
+               f"stopped by a signal at iter {iter_num}; rerun with --init_from=auto (or resume) to continue")
+    if faults.get('kill') == iter_num:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if faults.get('term') == iter_num and master:
+        os.kill(os.getpid(), signal.SIGTERM)
 
-if ddp:
-    dist.destroy_process_group()
+finish()

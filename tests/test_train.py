@@ -1,10 +1,13 @@
-"""train.py end to end, as subprocesses on a tiny char-level dataset: learning, checkpoints, exact
-resume, and DDP (2 gloo processes) matching one process with the same global batch."""
+"""train.py end to end, as subprocesses on tiny char-level datasets: learning, checkpoints and
+their retention, exact resume after SIGTERM and SIGKILL, NaN steps, DDP (2 gloo processes)
+agreeing with one process, loss masking by role, dataset mixtures, resuming on changed data."""
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ import pytest
 import torch
 
 import chat
+from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # a 2 x 32 model, 2 micro-steps of 4 x 32 tokens per step, fp32, evals at 0, 4 and 8
@@ -19,17 +23,20 @@ TINY = ["--device=cpu", "--dtype=float32", "--compile=False", "--n_layer=2", "--
         "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=2", "--dropout=0.0",
         "--learning_rate=3e-3", "--warmup_iters=2", "--lr_decay_iters=8", "--min_lr=3e-4",
         "--eval_interval=4", "--eval_iters=4", "--log_interval=1"]
+ALPHABET = " abcdefghijklmnopqrstuvwxyz?!\nAB:"
 
 
-def write_tiny_dataset(data_dir):
+def write_tiny_dataset(data_dir, seed=0, words_a=(2, 6), words_b=(2, 6), alphabet=ALPHABET):
     """A few hundred made-up dialogues, rendered by chat.render and written as raw shard files."""
-    rng = random.Random(0)
+    rng = random.Random(seed)
     words = "hello hi how are you fine thanks what about the weather today good bad sunny rain".split()
-    tok = chat.CharTokenizer(" abcdefghijklmnopqrstuvwxyz?!\nAB:")
+    tok = chat.CharTokenizer(alphabet)
+    data_dir.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", 300), ("val", 30)):
         tokens, roles = [], []
         for _ in range(n):
-            turns = [" ".join(rng.choices(words, k=rng.randint(2, 6))) + "?!"[i % 2] for i in range(rng.randint(2, 5))]
+            turns = [" ".join(rng.choices(words, k=rng.randint(*(words_b if i % 2 else words_a)))) + "?!"[i % 2]
+                     for i in range(rng.randint(2, 5))]
             t, r = chat.render(tok, turns)
             tokens += t
             roles += r
@@ -37,11 +44,13 @@ def write_tiny_dataset(data_dir):
         np.array(roles, dtype=np.uint8).tofile(data_dir / f"{split}.roles")
     meta = {"tokenizer": tok.spec, "vocab_size": tok.vocab_size, "dtype": "uint16", "eot": tok.eot}
     (data_dir / "meta.json").write_text(json.dumps(meta))
+    return data_dir
 
 
-def train(data_dir, out_dir, *args, nproc=1, env=None, check=True):
+def train(data_dir, out_dir, *args, nproc=0, env=None, check=True):
+    """Run train.py: in this process's python, or with torchrun over nproc processes."""
     launcher = [sys.executable]
-    if nproc > 1:
+    if nproc:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = launcher + ["train.py", f"--dataset={data_dir}", f"--out_dir={out_dir}", *TINY, *args]
     # one thread per process: the machine's few cores are shared, and runs compare bit for bit
@@ -56,6 +65,28 @@ def log_lines(stdout, prefix):
     return [line for line in stdout.splitlines() if line.startswith(prefix)]
 
 
+def evals(stdout):
+    """The eval lines as {iter: {'train': .., 'val': .., 'val/A': .., ...}}."""
+    out = {}
+    for line in log_lines(stdout, "step "):
+        head, rest = line.split(": ", 1)
+        pairs = [item.rsplit(" ", 1) for item in rest.split(", ")]
+        out[int(head[5:])] = {k.removesuffix(" loss"): float(v) for k, v in pairs}
+    return out
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a, b, atol=0.0):
+    for k, v in a["model"].items():
+        if atol:
+            torch.testing.assert_close(b["model"][k], v, rtol=0, atol=atol, msg=k)
+        else:
+            assert torch.equal(v, b["model"][k]), k
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The reference run of 8 steps, and its dataset."""
@@ -65,53 +96,213 @@ def runs(tmp_path_factory):
     return tmp, p.stdout
 
 
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def test_learns_logs_and_checkpoints(runs):
     tmp, stdout = runs
-    evals = log_lines(stdout, "step ")
-    assert [e.split(":")[0] for e in evals] == ["step 0", "step 4", "step 8"]
-    first, last = (float(e.split("val loss ")[1]) for e in (evals[0], evals[-1]))
-    assert last < first - 0.5, evals
+    e = evals(stdout)
+    assert list(e) == [0, 4, 8]
+    assert e[8]["val"] < e[0]["val"] - 0.5, e
+    assert set(e[8]) == {"train", "val", "val/A", "val/B"}  # the loss on each speaker's turns
     iters = log_lines(stdout, "iter ")
     assert len(iters) == 8 and iters[-1].startswith("iter 8: loss ")
     assert all(", time " in i and "ms, tok/s " in i and ", mfu " in i and "%, eta " in i for i in iters)
 
     ckpt = load(tmp / "full" / "ckpt.pt")
     assert {"model", "optimizer", "model_args", "iter_num", "best_val_loss", "config", "meta"} <= set(ckpt)
-    assert ckpt["iter_num"] == 8 and ckpt["best_val_loss"] == pytest.approx(last, abs=1e-4)
+    assert ckpt["iter_num"] == 8 and ckpt["best_val_loss"] == pytest.approx(e[8]["val"], abs=1e-4)
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
     assert ckpt["model_args"]["vocab_size"] == 64 and ckpt["model_args"]["n_embd"] == 32  # 34 ids, padded
     assert ckpt["config"]["batch_size"] == 4 and ckpt["meta"]["tokenizer"]["kind"] == "char"
     assert load(tmp / "full" / "best.pt")["iter_num"] == 8  # val improved at the end
+    assert sorted(os.listdir(tmp / "full")) == ["best.pt", "ckpt.pt", "ckpt_4.pt", "ckpt_8.pt"]  # keep_last=2
 
 
-def test_resume_is_exact(runs):
+def test_exact_resume_after_sigterm_and_sigkill(runs):
+    """SIGTERM at 3 saves at 4 and exits; the same command with init_from=auto resumes and is
+    SIGKILLed after 7 (last checkpoint: 6); again, over a torn ckpt.pt.tmp, it ends bit-identical to
+    the run that never stopped. Checkpoints every 2 steps: ckpt_<iter>.pt beyond the last one are
+    deleted except one per hour, by their file times (backdated here)."""
     tmp, stdout = runs
-    train(tmp, tmp / "resumed", "--max_iters=4")
-    assert load(tmp / "resumed" / "ckpt.pt")["iter_num"] == 4
-    p = train(tmp, tmp / "resumed", "--max_iters=8", "--init_from=resume")
-    assert log_lines(p.stdout, "iter ")[0].startswith("iter 5: ")
-    assert log_lines(p.stdout, "step ")[-1] == log_lines(stdout, "step ")[-1]
-    full, resumed = load(tmp / "full" / "ckpt.pt"), load(tmp / "resumed" / "ckpt.pt")
+    out = tmp / "resumed"
+    args = ["--max_iters=8", "--eval_interval=2", "--init_from=auto", "--keep_last=1", "--keep_every_hours=1"]
+    p = train(tmp, out, *args, "--fault=term:3", check=False)
+    assert p.returncode == 128 + 15, p.stdout + p.stderr
+    assert "stopped by a signal at iter 4" in p.stdout and "saved" in p.stdout
+    assert load(out / "ckpt.pt")["iter_num"] == 4
+    assert sorted(os.listdir(out)) == ["best.pt", "ckpt.pt", "ckpt_2.pt", "ckpt_4.pt"]  # ckpt_2: the first hourly
+    now = time.time()
+    os.utime(out / "ckpt_2.pt", (now - 3 * 3600,) * 2)
+    os.utime(out / "ckpt_4.pt", (now - 2.5 * 3600,) * 2)  # within the hour after ckpt_2: goes
+
+    p = train(tmp, out, *args, "--fault=kill:7", check=False)
+    assert p.returncode == -9, p.stdout + p.stderr
+    assert f"resuming {out / 'ckpt.pt'} at iter 4, changed:\n  fault 'term:3' -> 'kill:7'\n" in p.stdout
+    iters = log_lines(p.stdout, "iter ")
+    assert iters[0].startswith("iter 5: ") and iters[-1].startswith("iter 7: ")
+    assert load(out / "ckpt.pt")["iter_num"] == 6
+    (out / "ckpt.pt.tmp").write_bytes(b"half a checkpoint")  # as a kill while saving leaves it
+
+    p = train(tmp, out, *args)
+    assert log_lines(p.stdout, "iter ")[0].startswith("iter 7: ")
+    assert evals(p.stdout)[8] == evals(stdout)[8]
+    full, resumed = load(tmp / "full" / "ckpt.pt"), load(out / "ckpt.pt")
     assert resumed["iter_num"] == 8
-    for k, v in full["model"].items():
-        assert torch.equal(v, resumed["model"][k]), k
+    assert_same_weights(full, resumed)
     # the same schedule position and AdamW moments
     assert full["optimizer"]["param_groups"][0]["lr"] == resumed["optimizer"]["param_groups"][0]["lr"]
     for k, v in full["optimizer"]["state"].items():
         assert torch.equal(v["exp_avg_sq"], resumed["optimizer"]["state"][k]["exp_avg_sq"])
+    assert sorted(os.listdir(out)) == ["best.pt", "ckpt.pt", "ckpt_2.pt", "ckpt_6.pt", "ckpt_8.pt"]
+    assert load(out / "best.pt")["iter_num"] == 8
 
 
-def test_ddp_matches_one_process(runs):
+@pytest.fixture(scope="module")
+def nan_run(runs):
+    """One process, trained on B's turns, the loss NaN at iter 3: the step is skipped."""
     tmp, _ = runs
-    p = train(tmp, tmp / "ddp", "--max_iters=8", nproc=2)
-    assert len(log_lines(p.stdout, "iter ")) == 8  # only rank 0 prints
-    full, ddp = load(tmp / "full" / "ckpt.pt"), load(tmp / "ddp" / "ckpt.pt")
-    for k, v in full["model"].items():
-        torch.testing.assert_close(ddp["model"][k], v, rtol=0, atol=1e-5, msg=k)
+    p = train(tmp, tmp / "nan", "--max_iters=8", "--train_on=B", "--fault=nan:3")
+    return p.stdout
+
+
+def test_nan_loss_skips_the_step(nan_run):
+    assert log_lines(nan_run, "warning: ") == ["warning: iter 3: loss is nan, step skipped (1 skipped in this run)"]
+    assert len(log_lines(nan_run, "iter ")) == 8
+    e = evals(nan_run)[8]
+    assert e["val"] == e["val/B"] != e["val/A"]  # val loss is the loss trained: B's
+
+
+def test_nan_losses_in_a_row_stop_the_run(runs):
+    tmp, _ = runs
+    p = train(tmp, tmp / "nanstop", "--max_iters=8", "--eval_interval=2", "--fault=nan:3", "--max_nan_steps=1",
+              check=False)
+    assert p.returncode == 1
+    assert "stopping: 1 non-finite losses in a row" in p.stdout
+    assert load(tmp / "nanstop" / "ckpt.pt")["iter_num"] == 2  # the last good one stays
+
+
+def test_ddp_agrees_then_resumes_on_one_process(runs, nan_run):
+    """2 processes: NaN on rank 1 only at iter 3, SIGTERM to rank 0 only at 5: both skip step 3,
+    both save at 6 and stop. Resumed on 1 process, the end matches the 1-process run."""
+    tmp, _ = runs
+    p = train(tmp, tmp / "ddp", "--max_iters=8", "--train_on=B", "--fault=nan:3,term:5", nproc=2, check=False)
+    assert p.returncode != 0 and "stopped by a signal at iter 6" in p.stdout, p.stdout + p.stderr
+    assert len(log_lines(p.stdout, "iter ")) == 6  # only rank 0 prints
+    assert len(log_lines(p.stdout, "warning: iter 3: loss is nan")) == 1
+    p = train(tmp, tmp / "ddp", "--max_iters=8", "--train_on=B", "--init_from=resume")
+    assert "at iter 6, changed:\n  world size 2 -> 1\n  fault 'nan:3,term:5' -> ''\n" in p.stdout
+    assert_same_weights(load(tmp / "nan" / "ckpt.pt"), load(tmp / "ddp" / "ckpt.pt"), atol=1e-5)
+
+
+def test_fsdp_resumes_on_another_world_size_and_converts_to_one_file(runs):
+    """FSDP on 2 processes (activation checkpointing on; replies sampled, which needs both ranks)
+    stopped by SIGTERM at 5 saves shards at 6; FSDP on 1 process resumes them to 8; export.py makes
+    one file of that, equal to the 1-process run's."""
+    tmp, stdout = runs
+    out = tmp / "fsdp"
+    p = train(tmp, out, "--max_iters=8", "--fsdp", "--activation_checkpointing", "--eval_sample=hi",
+              "--fault=term:5", nproc=2, check=False)
+    assert "stopped by a signal at iter 6" in p.stdout, p.stdout + p.stderr
+    assert len(log_lines(p.stdout, "sample: A: hi -> B: ")) == 2  # at 0 and 4
+    assert load(out / "ckpt.pt")["shards"] == "ckpt_6.dcp"
+    train(tmp, out, "--max_iters=8", "--fsdp", "--init_from=resume", nproc=1)
+    # ckpt_4.pt fell out of keep_last=2, and best.pt moved to 8: nothing names ckpt_4.dcp any more
+    assert sorted(os.listdir(out)) == ["best.pt", "ckpt.pt", "ckpt_6.dcp", "ckpt_6.pt", "ckpt_8.dcp", "ckpt_8.pt"]
+    subprocess.run([sys.executable, "export.py", f"--out_dir={out}", f"--to={out / 'one.pt'}"], cwd=ROOT, check=True,
+                   capture_output=True)
+    full, one = load(tmp / "full" / "ckpt.pt"), load(out / "one.pt")
+    assert one["iter_num"] == 8 and "shards" not in one
+    assert_same_weights(full, one, atol=1e-5)
+    assert full["optimizer"]["param_groups"] == one["optimizer"]["param_groups"]
+    for k, v in full["optimizer"]["state"].items():
+        torch.testing.assert_close(one["optimizer"]["state"][k]["exp_avg"], v["exp_avg"], rtol=0, atol=1e-5)
+
+
+def test_masked_loss_is_normalised_over_the_global_batch(tmp_path):
+    """train_on=B, 4 micro-steps of 1 window, long A turns: some windows have no B target. One step
+    must equal AdamW on (sum of B targets' losses) / (their count), the micro-steps together."""
+    data = write_tiny_dataset(tmp_path / "data", seed=1, words_a=(15, 25))
+    train(data, tmp_path / "out", "--max_iters=1", "--train_on=B", "--batch_size=1",
+          "--gradient_accumulation_steps=4", "--decay_lr=False", "--grad_clip=0", "--eval_iters=1")
+    tokens = np.fromfile(data / "train.bin", dtype=np.uint16)
+    roles = np.fromfile(data / "train.roles", dtype=np.uint8)
+
+    def step(per_micro_mean):
+        torch.manual_seed(1337)
+        model = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False))
+        opt = model.configure_optimizers(0.1, 3e-3, (0.9, 0.99), "cpu")
+        sums, counts = [], []
+        for micro in range(4):  # train.py's batch recipe
+            torch.manual_seed(hash((1337, False, 0, micro)))
+            torch.multinomial(torch.tensor([1.0]), 1)
+            i = torch.randint(len(tokens) - 32, (1,)).item()
+            x = torch.from_numpy(tokens[i:i + 32].astype(np.int64))[None]
+            y = torch.from_numpy(tokens[i + 1:i + 33].astype(np.int64))[None]
+            b = torch.from_numpy((roles[i + 1:i + 33] & 15) == 2)[None]
+            logits, _ = model(x, y)
+            losses = torch.nn.functional.cross_entropy(logits[0], y[0], reduction="none")
+            sums.append(losses[b[0]].sum())
+            counts.append(int(b.sum()))
+        assert 0 in counts and sum(counts) > 0, counts  # an all-masked micro-batch is there
+        if per_micro_mean:
+            loss = sum(s / c for s, c in zip(sums, counts) if c) / 4
+        else:
+            loss = sum(sums) / sum(counts)
+        loss.backward()
+        opt.step()
+        return {"model": model.state_dict()}
+
+    ours = load(tmp_path / "out" / "ckpt.pt")
+    assert all(torch.isfinite(v).all() for v in ours["model"].values())
+    assert_same_weights(step(per_micro_mean=False), ours, atol=2e-6)
+    with pytest.raises(AssertionError):  # the test can tell the difference
+        assert_same_weights(step(per_micro_mean=True), ours, atol=2e-6)
+
+
+def test_finetune_then_resume_on_grown_mixed_data_with_the_schedule_restarted(runs, tmp_path):
+    """init_from=<our .pt>: its weights, a fresh optimizer, schedule and iteration count. Resume
+    that 2-step run on its dataset grown (appended, as prepare --append does) mixed 3:1 with
+    another, restarting the learning rate schedule; a model's reply is sampled at each eval."""
+    tmp, _ = runs
+    a, b = tmp_path / "a", write_tiny_dataset(tmp_path / "b", seed=2)
+    a.mkdir()
+    for name in ("train.bin", "train.roles", "val.bin", "val.roles", "meta.json"):
+        shutil.copy(tmp / name, a / name)
+    train(a, tmp_path / "out", f"--init_from={tmp / 'full' / 'best.pt'}", "--max_iters=2", "--eval_interval=2")
+    ckpt = load(tmp_path / "out" / "ckpt.pt")
+    assert ckpt["iter_num"] == 2 and ckpt["schedule_start"] == 0
+    assert all(int(s["step"]) == 2 for s in ckpt["optimizer"]["state"].values())
+    for ext in ("bin", "roles"):
+        with open(a / f"train.{ext}", "ab") as f:
+            f.write((tmp / f"train.{ext}").read_bytes())
+    p = train(f"{a}:3,{b}:1", tmp_path / "out", "--max_iters=4", "--eval_interval=2", "--init_from=resume",
+              "--schedule_start=2", "--eval_sample=how are you")
+    n = len(np.fromfile(tmp / "train.bin", dtype=np.uint16))
+    for change in (f"dataset '{a}' -> '{a}:3,{b}:1'", "max_iters 2 -> 4",
+                   f"{a} has {2 * n:,} train tokens, {n:,} before"):
+        assert f"\n  {change}\n" in p.stdout
+    e = evals(p.stdout)[4]
+    assert set(e) == {"train", "val", "val/a", "val/b", "val/A", "val/B"}
+    assert e["val"] == pytest.approx((3 * e["val/a"] + e["val/b"]) / 4, abs=1e-4)
+    samples = log_lines(p.stdout, "sample: A: how are you -> B: ")
+    assert len(samples) == 2  # at iters 2 and 4
+    ckpt = load(tmp_path / "out" / "ckpt.pt")
+    # the lr set for iter 4, the restarted schedule's third step: just past the 2 warmup steps, the
+    # peak (continuing the old schedule it would be 2.3e-3, decaying)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == 3e-3
+    assert ckpt["schedule_start"] == 2
+
+
+def test_errors_name_the_problem(runs, tmp_path):
+    tmp, _ = runs
+    other = write_tiny_dataset(tmp_path / "other", alphabet=ALPHABET + ".")
+    p = train(f"{tmp}:1,{other}:1", tmp_path / "out", check=False)
+    assert p.returncode != 0 and "different tokenizers" in p.stderr and "Traceback" not in p.stderr
+    p = train(other, tmp_path / "out", f"--init_from={tmp / 'full' / 'ckpt.pt'}", check=False)
+    assert p.returncode != 0 and "was trained on another tokenizer" in p.stderr
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "ckpt.pt").write_bytes(b"not a checkpoint")
+    p = train(tmp, tmp_path / "bad", "--init_from=auto", check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert f"could not load checkpoint {tmp_path / 'bad' / 'ckpt.pt'}" in p.stderr
 
 
 def test_accumulation_must_divide_by_world_size(runs):
@@ -126,7 +317,6 @@ def test_accumulation_must_divide_by_world_size(runs):
 def test_init_from_a_local_gpt2_folder(runs):
     """init_from=<HF GPT-2 folder>: its architecture and weights, cropped to block_size, a fresh start."""
     tmp, _ = runs
-    from model import GPT, GPTConfig
     torch.manual_seed(0)
     GPT(GPTConfig(block_size=64, vocab_size=40, n_layer=1, n_head=2, n_embd=16)).export_hf(tmp / "hf")
     train(tmp, tmp / "ft", f"--init_from={tmp / 'hf'}", "--max_iters=2")
@@ -135,3 +325,17 @@ def test_init_from_a_local_gpt2_folder(runs):
     assert ckpt["model_args"] == dict(block_size=32, vocab_size=40, n_layer=1, n_head=2, n_embd=16,
                                       dropout=0.0, bias=True)
     assert ckpt["config"]["n_embd"] == 16 and ckpt["config"]["n_layer"] == 1  # what was trained
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """Recomputed in backward, dropout masks included, the gradients are the same."""
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=3, n_head=2, n_embd=32, dropout=0.1))
+        model.activation_checkpointing = checkpointing
+        idx = torch.randint(50, (4, 16))
+        model(idx, idx)[1].backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, rtol=0, atol=1e-6, msg=n)

@@ -1,0 +1,78 @@
+"""
+Export a train.py checkpoint as a Hugging Face GPT-2 folder that transformers loads and generates
+from: config.json and model.safetensors, plus the tokenizer when it has a HF form (GPT-2's, or a
+BPE trained by a prepare script; a char tokenizer has none).
+
+$ python export.py --out_dir=out-finetune-chat --to=hf-chat
+>>> from transformers import AutoModelForCausalLM, AutoTokenizer
+>>> model, tok = AutoModelForCausalLM.from_pretrained('hf-chat'), AutoTokenizer.from_pretrained('hf-chat')
+
+A sharded checkpoint (train.py --fsdp) becomes one file, which sample.py and any train.py run read:
+$ python export.py --out_dir=out-xl --to=out-xl/full.pt
+"""
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+
+from model import GPT, load_checkpoint
+
+out_dir = 'out'
+init_from = 'resume'  # out_dir/ckpt.pt, or the path of a checkpoint (e.g. out/best.pt)
+to = 'hf'  # the folder to write; a path ending in .pt: one train.py checkpoint file instead
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+
+
+def gather_shards(ckpt, path):
+    """A sharded checkpoint's weights and AdamW state, put into ckpt as a one-file checkpoint has them."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(os.path.join(os.path.dirname(path), ckpt.pop('shards')), os.path.join(tmp, 'full.pt'))
+        ckpt.update(load_checkpoint(os.path.join(tmp, 'full.pt')))
+    # the shards key AdamW's state by parameter name; torch.optim by position
+    groups = ckpt['optimizer']['param_groups']
+    position = {name: i for i, name in enumerate(name for g in groups for name in g['params'])}
+    ckpt['optimizer'] = {'state': {position[k]: v for k, v in ckpt['optimizer']['state'].items()},
+                         'param_groups': [{**g, 'params': [position[k] for k in g['params']]} for g in groups]}
+
+
+def write_hf(ckpt):
+    """config.json, model.safetensors and the tokenizer's files, if it has a HF form, in the folder to."""
+    model = GPT.from_checkpoint(ckpt)
+    meta = ckpt['meta']
+    model.export_hf(to, eot=meta['eot'])
+    spec = meta['tokenizer']
+    eot_text = '<|endoftext|>'
+    tokenizer_config = dict(bos_token=eot_text, eos_token=eot_text, unk_token=eot_text,
+                            model_max_length=model.config.block_size)
+    if spec['kind'] == 'tiktoken' and spec['name'] == 'gpt2':
+        # tiktoken's GPT-2 files are HF's vocab.json and merges.txt; read_file_cached takes them from
+        # tiktoken's cache (TIKTOKEN_CACHE_DIR), downloading only when they are not there
+        from tiktoken.load import read_file_cached
+        url = 'https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/'
+        for theirs, ours in (('encoder.json', 'vocab.json'), ('vocab.bpe', 'merges.txt')):
+            with open(os.path.join(to, ours), 'wb') as f:
+                f.write(read_file_cached(url + theirs))
+        tokenizer_config['tokenizer_class'] = 'GPT2Tokenizer'
+    elif spec['kind'] == 'bpe':  # trained with HF tokenizers: its tokenizer.json is already the HF form
+        shutil.copy(os.path.join(spec['dir'], spec['path']), os.path.join(to, 'tokenizer.json'))
+        tokenizer_config['tokenizer_class'] = 'PreTrainedTokenizerFast'
+    else:
+        print(f"no tokenizer written: the {spec['kind']} tokenizer has no Hugging Face form")
+        return
+    with open(os.path.join(to, 'tokenizer_config.json'), 'w') as f:
+        json.dump(tokenizer_config, f, indent=2)
+
+
+path = os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from
+ckpt = load_checkpoint(path)
+if 'shards' in ckpt:
+    gather_shards(ckpt, path)
+if to.endswith('.pt'):
+    torch.save(ckpt, to)
+    print(f"wrote {to}: iter {ckpt['iter_num']} of {path} as one file")
+else:
+    write_hf(ckpt)
+    print(f"wrote {to}: iter {ckpt['iter_num']} of {path} for Hugging Face transformers")

@@ -1,0 +1,59 @@
+"""export.py: a checkpoint -> a Hugging Face GPT-2 folder that transformers loads, whose logits,
+greedy generations and tokenizer match ours, and that model.py imports back unchanged."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import chat
+from conftest import ROOT
+from model import GPT, GPTConfig
+
+transformers = pytest.importorskip("transformers")
+
+
+def checkpoint(path, tok, meta_tokenizer):
+    """A tiny model for tok's vocab (padded like train.py), weights large enough for greedy decoding
+    to go somewhere, saved as train.py saves."""
+    torch.manual_seed(0)
+    args = dict(block_size=64, vocab_size=(tok.vocab_size + 63) // 64 * 64, n_layer=2, n_head=2, n_embd=32,
+                dropout=0.0, bias=False)
+    model = GPT(GPTConfig(**args))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    meta = {"tokenizer": meta_tokenizer, "vocab_size": tok.vocab_size, "dtype": "uint16", "eot": tok.eot}
+    torch.save({"model": model.state_dict(), "model_args": args, "meta": meta, "iter_num": 7, "config": {}}, path)
+    return model.eval()
+
+
+def export_and_compare(tmp_path, tok, ours):
+    subprocess.run([sys.executable, "export.py", f"--init_from={tmp_path / 'ckpt.pt'}", f"--to={tmp_path / 'hf'}"],
+                   cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    text = "A: Hello there, how are you today?\n\n\nB: Fine, thanks! And you?"
+    assert hf_tok.encode(text) == tok.encode(text) and hf_tok.decode(tok.encode(text)) == text
+    prompt = chat.reply_prompt(tok, ["Hello there, how are you today?"])
+    assert hf_tok.eos_token_id == tok.eot == hf.config.eos_token_id
+    x = torch.tensor([prompt])
+    with torch.no_grad():
+        assert torch.allclose(hf(x).logits, ours(x, x)[0], atol=1e-4)
+        theirs = hf.generate(x, max_new_tokens=8, do_sample=False, pad_token_id=tok.eot)[0, len(prompt):]
+    assert theirs.tolist() == torch.cat(list(ours.generate(x, 8, temperature=0))).tolist()
+    again = GPT.from_pretrained(str(tmp_path / "hf"))  # and back
+    for k, v in ours.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+
+
+def test_export_gpt2_tokenizer(tmp_path, gpt2):
+    ours = checkpoint(tmp_path / "ckpt.pt", gpt2, {"kind": "tiktoken", "name": "gpt2"})
+    export_and_compare(tmp_path, gpt2, ours)
+
+
+def test_export_trained_bpe(tmp_path):
+    texts = ["A: hello there, how are you today?\n\n\nB: fine thanks, and you?\n\n\n"] * 20
+    tok = chat.train_bpe(texts, 300, tmp_path / "tokenizer.json", "tiny")
+    ours = checkpoint(tmp_path / "ckpt.pt", tok, {**tok.spec, "dir": str(tmp_path)})
+    export_and_compare(tmp_path, tok, ours)
