@@ -443,11 +443,11 @@ def peak_flops():
         for gpu, flops in GPU_PEAK_FLOPS.items():
             if gpu in name:
                 return flops
-    n = 4096 if device_type == 'cuda' else 1024
+    n = 4096 if device_type == 'cuda' else 2048
     a = torch.randn(n, n, device=device).to(ptdtype)
     a @ a  # warm up
     best = float('inf')
-    for _ in range(10):  # the fastest of a few: other processes on the machine only slow some down
+    for _ in range(20):  # the fastest of a few: other processes on the machine only slow some down
         synchronize()
         t = time.perf_counter()
         a @ a
@@ -482,6 +482,7 @@ flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
 peak = peak_flops() * world_size
 start_iter, nan_steps, skipped = iter_num, 0, 0
 t_last, steps_timed = time.time(), 0
+t_start, iter_start = t_last, iter_num  # the ETA uses the run's mean step time: single intervals are noisy
 while True:
     lr = get_lr(iter_num - schedule_from)
     for group in optimizer.param_groups:
@@ -558,8 +559,9 @@ while True:
         dt = (time.time() - t_last) / steps_timed
         t_last, steps_timed = time.time(), 0
         mfu = flops_per_iter / dt / peak
+        eta = (max_iters - iter_num) * (time.time() - t_start) / (iter_num - iter_start)
         log(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.1f}ms, tok/s {tokens_per_iter / dt:.0f}, "
-            f"mfu {mfu * 100:.1f}%, eta {duration((max_iters - iter_num) * dt)}")
+            f"mfu {mfu * 100:.1f}%, eta {duration(eta)}")
         if wandb_log and master:
             wandb.log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'mfu': mfu * 100, 'tok/s': tokens_per_iter / dt})
     if stopping:
