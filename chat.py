@@ -9,10 +9,11 @@ prompt sample.py builds come from the same function (render). The format (see RE
 No torch here: preparing data never needs it.
 """
 import argparse
+import codecs
 import glob
 import gzip
 import hashlib
-import io
+import itertools
 import json
 import os
 import re
@@ -54,11 +55,14 @@ class Dialogue:
 class Document:
     text: str              # plain text for pretraining: eot + text, no labels
     key: str = None
+    eot: bool = True       # False: the text goes on from the previous item (a long file read in pieces)
 
 
 def normalize(message):
     """Collapse 3+ newlines and strip outer whitespace, so a message can never contain or touch
     the separator and the separator always tokenizes the same way."""
+    if "\n" not in message and "\r" not in message:  # most chat messages: one line, nothing to collapse
+        return message.strip()
     message = message.replace("\r\n", "\n").replace("\r", "\n")
     message = "\n".join(line.rstrip() for line in message.split("\n"))
     return re.sub(r"\n{3,}", "\n\n", message).strip()
@@ -68,19 +72,24 @@ def turn_text(label, message):
     return f"{label}: {normalize(message)}{SEPARATOR}"
 
 
+def dialogue_pieces(turns, context=None):
+    """The blocks of a dialogue after its eot as (text, role byte): the optional context block,
+    then one per turn. render encodes them one by one; the shard writer batches them."""
+    pieces = [(turn_text(CONTEXT_LABEL, context), ROLE_CONTEXT)] if context else []
+    for i, message in enumerate(turns):
+        pieces.append((turn_text(LABELS[i % len(LABELS)], message), speaker_role(i) | (ROLE_FIRST_TURN if i == 0 else 0)))
+    return pieces
+
+
 def render(tok, turns, context=None):
     """A dialogue -> (tokens, roles): eot, the optional context block, then one turn per message.
     Each turn is encoded on its own so role boundaries fall on token boundaries; sample.py builds
     its prompt from exactly these pieces (reply_prompt)."""
     tokens, roles = [tok.eot], [0]
-    if context:
-        ids = tok.encode(turn_text(CONTEXT_LABEL, context))
+    for text, role in dialogue_pieces(turns, context):
+        ids = tok.encode(text)
         tokens += ids
-        roles += [ROLE_CONTEXT] * len(ids)
-    for i, message in enumerate(turns):
-        ids = tok.encode(turn_text(LABELS[i % len(LABELS)], message))
-        tokens += ids
-        roles += [speaker_role(i) | (ROLE_FIRST_TURN if i == 0 else 0)] * len(ids)
+        roles += [role] * len(ids)
     return tokens, roles
 
 
@@ -120,7 +129,10 @@ def end_of_reply(text):
     return None if i < 0 else i
 
 # -----------------------------------------------------------------------------
-# tokenizers: one small interface (name, vocab_size, eot, encode, decode, spec)
+# tokenizers: one small interface (name, vocab_size, eot, encode, encode_batch, encode_array,
+# decode, spec); a literal <|endoftext|> in user text is always encoded as text, never as the eot
+
+EOT_TEXT = "<|endoftext|>"
 
 
 class TiktokenTokenizer:
@@ -131,13 +143,67 @@ class TiktokenTokenizer:
         self.spec = {"kind": "tiktoken", "name": name}
 
     def encode(self, text):
-        return self.enc.encode_ordinary(text)  # a literal <|endoftext|> in user text stays text
+        return self.enc.encode_ordinary(text)
 
     def encode_batch(self, texts):
-        return self.enc.encode_ordinary_batch(texts, num_threads=1)
+        return [self.enc.encode_ordinary(t) for t in texts]  # a thread pool costs more than short turns
+
+    def encode_array(self, text):
+        """uint32 array straight from tiktoken's buffer: no list of Python ints for long documents."""
+        return self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
 
     def decode(self, ids):
         return self.enc.decode(ids)
+
+
+# the GPT-2 pre-tokenizer split, which HF's ByteLevel pre-tokenizer also uses
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+BPE_FILE = "tokenizer.json"
+
+
+def bytelevel_alphabet():
+    """GPT-2's printable stand-in character for each byte -> the byte (how tokenizer.json spells tokens)."""
+    plain = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = [b for b in range(256) if b not in plain]
+    return {chr(b): b for b in plain} | {chr(256 + i): b for i, b in enumerate(moved)}
+
+
+class BPETokenizer(TiktokenTokenizer):
+    """A byte-level BPE trained on a dataset (train_bpe), stored as HF tokenizers' tokenizer.json
+    beside the shards. tiktoken runs it: ids assigned in merge order are valid tiktoken ranks, so
+    it encodes as fast as GPT-2 and loading needs no tokenizers package."""
+
+    def __init__(self, spec):
+        import tiktoken
+        path = Path(spec.get("dir", ".")) / spec["path"]
+        if not path.exists():
+            sys.exit(f"error: tokenizer file {path} not found (it belongs beside the dataset's shards)")
+        if file_identity(path)["hash"] != spec["hash"]:
+            sys.exit(f"error: {path} is not the tokenizer this dataset was encoded with")
+        vocab = json.loads(path.read_text(encoding="utf-8"))["model"]["vocab"]
+        byte = bytelevel_alphabet()
+        ranks = {bytes(byte[c] for c in token): i for token, i in vocab.items() if token != EOT_TEXT}
+        self.enc = tiktoken.Encoding(spec["name"], pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                     special_tokens={EOT_TEXT: vocab[EOT_TEXT]})
+        self.name, self.vocab_size, self.eot = spec["name"], self.enc.n_vocab, vocab[EOT_TEXT]
+        self.spec = {k: v for k, v in spec.items() if k != "dir"}  # meta.json stores it relative
+
+
+def train_bpe(texts, vocab_size, path, name):
+    """Train a byte-level BPE of vocab_size ids (eot included) on an iterator of texts with HF
+    tokenizers, save it to path, and return it as a BPETokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOT_TEXT], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # all 256 bytes: any text encodes
+    path = Path(path)
+    bpe.save(str(path) + ".tmp")
+    os.replace(str(path) + ".tmp", path)
+    return BPETokenizer({"kind": "bpe", "name": name, "path": path.name, "hash": file_identity(path)["hash"],
+                         "dir": str(path.parent)})
 
 
 class CharTokenizer:
@@ -161,12 +227,16 @@ class CharTokenizer:
     def encode_batch(self, texts):
         return [self.encode(t) for t in texts]
 
+    def encode_array(self, text):
+        return np.array(self.encode(text), dtype=np.uint32)
+
     def decode(self, ids):
         return "".join(self.alphabet[i] for i in ids if i < len(self.alphabet))
 
 
 def load_tokenizer(spec):
-    """A tokenizer from its spec: meta['tokenizer'], a whole meta dict, or a tiktoken name."""
+    """A tokenizer from its spec: meta['tokenizer'], a whole meta dict (from load_meta, which
+    tells a trained BPE where its file is), or a tiktoken name."""
     if isinstance(spec, str):
         spec = {"kind": "tiktoken", "name": spec}
     spec = spec.get("tokenizer", spec)
@@ -174,6 +244,8 @@ def load_tokenizer(spec):
         return TiktokenTokenizer(spec["name"])
     if spec["kind"] == "char":
         return CharTokenizer(spec["alphabet"])
+    if spec["kind"] == "bpe":
+        return BPETokenizer(spec)
     raise ValueError(f"unknown tokenizer kind {spec['kind']!r}")
 
 
@@ -274,6 +346,131 @@ def read_jsonl(path, report):
             report.bad(f"{path}:{lineno}", f"malformed JSON: {e.msg} at column {e.colno}")
 
 
+def read_json_list(path, report, max_element=1 << 24):
+    """Yield (line_number, element) for each element of a file holding one JSON list (as many
+    datasets ship), streaming: a file of any size never sits in memory whole. A malformed element
+    (or invalid UTF-8) is reported and ends the file."""
+    decoder, utf8 = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8")()
+    gap = re.compile(r"[\s,]*")  # whitespace and the commas between elements
+    buf, pos, lineno, opened = "", 0, 1, False
+    with open(path, "rb") as f:
+        try:
+            for chunk in itertools.chain(byte_chunks(f, path), [None]):
+                at_end = chunk is None
+                buf = buf[pos:] + utf8.decode(chunk or b"", final=at_end)
+                pos = 0
+                while True:
+                    start = gap.match(buf, pos).end()
+                    lineno, pos = lineno + buf.count("\n", pos, start), start
+                    if pos == len(buf):
+                        break
+                    if not opened:
+                        if buf[pos] != "[":
+                            report.bad(f"{path}:{lineno}", "not a JSON list")
+                            return
+                        opened, pos = True, pos + 1
+                        continue
+                    if buf[pos] == "]":
+                        return
+                    try:
+                        element, end = decoder.raw_decode(buf, pos)
+                    except json.JSONDecodeError:
+                        if at_end or len(buf) - pos > max_element:
+                            raise
+                        break  # the element goes on in the next chunk
+                    if end == len(buf) and not at_end:
+                        break  # a number could go on
+                    yield lineno, element
+                    lineno, pos = lineno + buf.count("\n", pos, end), end
+            report.bad(f"{path}:{lineno}", "malformed JSON: the list never ends" if opened else "empty file")
+        except json.JSONDecodeError as e:
+            lineno += buf.count("\n", pos, e.pos)
+            report.bad(f"{path}:{lineno}", f"malformed JSON: {e.msg}")
+        except UnicodeDecodeError as e:
+            report.bad(f"{path}:{lineno}", f"invalid UTF-8: {e.reason}")
+        except CORRUPT_ERRORS as e:
+            report.bad(f"{path}:{lineno}", f"corrupt or truncated file: {e}")
+
+
+def read_text(path, report, piece_bytes=1 << 20):
+    """Yield a plain/.gz/.zst text file in pieces of about piece_bytes, streaming. A piece ends
+    at a line that ends in an ASCII letter, where GPT-2-style tokenizers split anyway, so the
+    pieces encode to the same tokens as the whole text. A line that is not UTF-8 is reported and
+    dropped."""
+    cut_here = re.compile(rb"[A-Za-z](?=\n)")
+    rest, lineno = b"", 1
+    with open(path, "rb") as f:
+        try:
+            for chunk in itertools.chain(byte_chunks(f, path), [None]):
+                rest += chunk or b""
+                while len(rest) >= 2 * piece_bytes or chunk is None and rest:
+                    m = cut_here.search(rest, piece_bytes) if chunk is not None else None
+                    if m is None and chunk is not None and len(rest) < 16 * piece_bytes:
+                        break  # no cut point yet: read on
+                    if m:
+                        cut = m.end()
+                    elif chunk is None:
+                        cut = len(rest)
+                    else:  # no such line in 16 pieces (rare): any character boundary will do
+                        cut = next(i for i in range(piece_bytes, len(rest)) if rest[i] & 0xC0 != 0x80)
+                    piece, rest = rest[:cut], rest[cut:]
+                    yield decode_lines(piece, path, lineno, report)
+                    lineno += piece.count(b"\n")
+        except CORRUPT_ERRORS as e:
+            report.bad(f"{path}:{lineno}", f"corrupt or truncated file: {e}")
+
+
+def decode_lines(data, path, lineno, report):
+    """UTF-8 bytes -> text; if that fails, the lines that are not UTF-8 are reported and dropped."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        good = []
+        for i, line in enumerate(data.split(b"\n")):
+            try:
+                good.append(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                report.bad(f"{path}:{lineno + i}", f"invalid UTF-8: {e.reason} at byte {e.start}")
+        return "\n".join(good)
+
+
+# speaker names in role-tagged sources -> A (the user) or B (the model); others are dropped
+SPEAKERS = {"a": "A", "user": "A", "human": "A", "customer": "A",
+            "b": "B", "assistant": "B", "agent": "B", "bot": "B", "gpt": "B", "model": "B", "ai": "B"}
+
+
+def make_dialogue(turns, report, where, context=None, key=None):
+    """(speaker, message) pairs -> a Dialogue whose turns alternate A (user) and B (model), or
+    None when nothing usable is left. A speaker is a label or a role name (SPEAKERS). A message
+    or context that is not a string makes the dialogue bad input (reported at where). Dropped
+    and counted: empty messages, unknown speakers, and the model's turns before the user's first
+    (the contract puts A first, and an opening line answers nothing); consecutive messages of one
+    speaker are joined with a newline."""
+    merged = []  # [label, message]
+    for speaker, message in turns:
+        if not isinstance(message, str):
+            report.bad(where, f"turn is not a string: {type(message).__name__}")
+            return None
+        label, message = SPEAKERS.get(str(speaker).lower()), message.strip()
+        if label is None:
+            report.drop("turns of an unknown speaker")
+        elif not message:
+            report.drop("empty turns")
+        elif not merged and label != LABELS[0]:
+            report.drop("model turns before the first user turn")
+        elif merged and merged[-1][0] == label:
+            merged[-1][1] += "\n" + message
+        else:
+            merged.append([label, message])
+    if context is not None and not isinstance(context, str):
+        report.bad(where, f"context is not a string: {type(context).__name__}")
+        return None
+    if len(merged) < 2:
+        report.drop("fewer than 2 turns")
+        return None
+    return Dialogue([m for _, m in merged], context or None, key)
+
+
 def expand_inputs(inputs, patterns=("*",)):
     """Paths, globs and folders -> a sorted, de-duplicated list of files."""
     files = []
@@ -366,14 +563,20 @@ def load_meta(data_dir):
         sys.exit(f"error: {data_dir} holds an interrupted --append; rerun the prepare command")
     if not path.exists():
         sys.exit(f"error: {path} not found: prepare the dataset first (python data/<name>/prepare.py)")
-    return json.loads(path.read_text())
+    meta = json.loads(path.read_text())
+    if meta["tokenizer"]["kind"] == "bpe":  # its file lies beside the shards, wherever they are now
+        meta["tokenizer"]["dir"] = str(Path(data_dir).resolve())
+    return meta
 
 
 def open_split(data_dir, split, meta=None):
     """(tokens, roles) memmaps of one split; lengths come from file sizes (valid after a cat)."""
     meta = meta or load_meta(data_dir)
-    tokens = np.memmap(Path(data_dir) / f"{split}.bin", dtype=meta["dtype"], mode="r")
-    roles = np.memmap(Path(data_dir) / f"{split}.roles", dtype=np.uint8, mode="r")
+
+    def view(path, dtype):  # an empty file (a small dataset's val) cannot be memory-mapped
+        return np.memmap(path, dtype=dtype, mode="r") if os.path.getsize(path) else np.zeros(0, dtype)
+    tokens = view(Path(data_dir) / f"{split}.bin", meta["dtype"])
+    roles = view(Path(data_dir) / f"{split}.roles", np.uint8)
     if len(tokens) != len(roles):
         sys.exit(f"error: {data_dir}/{split}.bin has {len(tokens)} tokens but {split}.roles has "
                  f"{len(roles)}: the files were not concatenated together")
@@ -383,37 +586,60 @@ def open_split(data_dir, split, meta=None):
 _worker_tok = None  # the tokenizer inside a worker process
 
 
-def _init_worker(spec):
+def _init_worker(tok):
     global _worker_tok
-    _worker_tok = load_tokenizer(spec)
+    _worker_tok = tok  # inherited through fork: nothing to pickle or load again
 
 
 def encode_chunk(items, seed, val_fraction, tok=None):
-    """A list of items -> per split (tokens, roles, counts), in input order."""
+    """A list of items -> per split (tokens, roles, counts), in input order. Dialogues come out
+    exactly as render() makes them, but all turns of the chunk go to the tokenizer in one batch
+    and become arrays once per run of dialogues (per-turn overheads would dominate short turns);
+    documents come back from the tokenizer as arrays, never as lists of Python ints."""
     tok = tok or _worker_tok
     dtype = token_dtype(tok.vocab_size)
-    out = {s: ([], [], Counter()) for s in SPLITS}
-    docs = [it for it in items if isinstance(it, Document)]
-    doc_ids = iter(tok.encode_batch([d.text for d in docs]))
-    for item in items:
-        split = "val" if is_val(split_key(item), seed, val_fraction) else "train"
-        tokens, roles, counts = out[split]
-        if isinstance(item, Document):
-            ids = [tok.eot] + next(doc_ids)
-            role = [0] * len(ids)
-            counts["documents"] += 1
+    pieces = [dialogue_pieces(it.turns, it.context) if isinstance(it, Dialogue) else None for it in items]
+    turn_ids = iter(tok.encode_batch([text for p in pieces if p for text, _ in p]))
+    parts = {s: [] for s in SPLITS}         # (tokens, roles) arrays in input order
+    blocks = {s: ([], []) for s in SPLITS}  # dialogue blocks not yet in parts: token lists, role bytes
+    counts = {s: Counter() for s in SPLITS}
+
+    def flush(s):
+        ids, roles = blocks[s]
+        if ids:
+            tokens = np.array(list(itertools.chain.from_iterable(ids)), dtype)
+            parts[s].append((tokens, np.repeat(np.array(roles, np.uint8), list(map(len, ids)))))
+            blocks[s] = ([], [])
+
+    for item, p in zip(items, pieces):
+        s = "val" if is_val(split_key(item), seed, val_fraction) else "train"
+        if p is None:  # a Document
+            flush(s)
+            ids = tok.encode_array(item.text).astype(dtype)
+            if item.eot:
+                ids = np.concatenate([np.array([tok.eot], dtype), ids])
+            parts[s].append((ids, np.zeros(len(ids), np.uint8)))
+            counts[s]["documents" if item.eot else "continued pieces"] += 1
         else:
-            ids, role = render(tok, item.turns, item.context)
-            counts["dialogues"] += 1
-            counts["turns"] += len(item.turns)
-        tokens.append(np.array(ids, dtype=dtype))
-        roles.append(np.array(role, dtype=np.uint8))
-        counts["tokens"] += len(ids)
-    return {s: (np.concatenate(t) if t else np.zeros(0, dtype), np.concatenate(r) if r else np.zeros(0, np.uint8), c)
-            for s, (t, r, c) in out.items()}
+            ids, roles = blocks[s]
+            ids.append([tok.eot])
+            ids.extend(itertools.islice(turn_ids, len(p)))
+            roles.append(0)
+            roles.extend(role for _, role in p)
+            counts[s]["dialogues"] += 1
+            counts[s]["turns"] += len(item.turns)
+    out = {}
+    for s in SPLITS:
+        flush(s)
+        tokens = np.concatenate([t for t, _ in parts[s]]) if parts[s] else np.zeros(0, dtype)
+        roles = np.concatenate([r for _, r in parts[s]]) if parts[s] else np.zeros(0, np.uint8)
+        if len(tokens):
+            counts[s]["tokens"] += len(tokens)
+        out[s] = (tokens, roles, counts[s])
+    return out
 
 
-def chunked(items, max_chars=1 << 21):
+def chunked(items, max_chars=1 << 20):
     """Group items into chunks of about max_chars of text, so work units are even."""
     chunk, size = [], 0
     for item in items:
@@ -434,7 +660,7 @@ def encode_stream(items, tok, seed, val_fraction, workers):
             yield encode_chunk(chunk, seed, val_fraction, tok)
         return
     import multiprocessing as mp
-    with mp.get_context("fork").Pool(workers, _init_worker, (tok.spec,)) as pool:
+    with mp.get_context("fork").Pool(workers, _init_worker, (tok,)) as pool:
         pending = deque()
         for chunk in chunked(items):
             pending.append(pool.apply_async(encode_chunk, (chunk, seed, val_fraction)))
@@ -527,12 +753,18 @@ def prepare_parser(description):
     p.add_argument("inputs", nargs="*", help="input files, globs or folders")
     p.add_argument("--out_dir", help="output folder (default: this script's folder)")
     p.add_argument("--append", action="store_true", help="add only new inputs to an existing dataset")
-    p.add_argument("--tokenizer", help="a tiktoken encoding (default gpt2; cl100k_base, ...) or 'char'")
+    p.add_argument("--tokenizer", help="a tiktoken encoding (default gpt2; cl100k_base, ...), 'char', or "
+                   "'bpe:N' to train an N-token byte-level BPE on the inputs (saved as tokenizer.json)")
     p.add_argument("--val_fraction", type=float, default=0.05, help="share of dialogues for val (by seeded hash)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the train/val hash split")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="tokenizer processes")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input instead of skipping it")
     return p
+
+
+def item_texts(item):
+    """The texts an item renders to after its eot: what a char alphabet or a BPE is learnt from."""
+    return [item.text] if isinstance(item, Document) else [text for text, _ in dialogue_pieces(item.turns, item.context)]
 
 
 def prepare(args, read_items, script_file, patterns=("*",)):
@@ -541,6 +773,8 @@ def prepare(args, read_items, script_file, patterns=("*",)):
     out_dir = Path(args.out_dir or Path(script_file).resolve().parent)
     report = Report(strict=args.strict)
     paths = expand_inputs(args.inputs, patterns)
+    if not paths:
+        sys.exit(f"error: no input files in {' '.join(args.inputs)} (looking for {' '.join(patterns)})")
     inputs = [file_identity(p) for p in paths]
     old = load_meta(out_dir) if args.append and (out_dir / "meta.json").exists() else None
     if old:
@@ -559,10 +793,17 @@ def prepare(args, read_items, script_file, patterns=("*",)):
     elif args.tokenizer == "char":
         alphabet = set()  # a first pass for the alphabet: char-level is for small corpora
         for item in read_items(paths, Report(max_warnings=0)):
-            texts = [item.text] if isinstance(item, Document) else map(normalize, [item.context or ""] + item.turns)
-            alphabet.update(*texts)
+            alphabet.update(*item_texts(item))
         alphabet.update(f"{CONTEXT_LABEL}{''.join(LABELS)}: \n")
         tok = CharTokenizer("".join(alphabet))
+    elif args.tokenizer and args.tokenizer.startswith("bpe:"):
+        size = args.tokenizer[len("bpe:"):]
+        if not size.isdigit() or int(size) <= 257:
+            sys.exit(f"error: --tokenizer {args.tokenizer}: want bpe:N with N > 257 (256 bytes, eot, merges), e.g. bpe:4096")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "meta.json").unlink(missing_ok=True)  # the old shards will not match the new tokenizer
+        texts = (text for item in read_items(paths, Report(max_warnings=0)) for text in item_texts(item))
+        tok = train_bpe(texts, int(size), out_dir / BPE_FILE, args.tokenizer)
     else:
         tok = load_tokenizer(args.tokenizer or "gpt2")
     meta, seconds = write_dataset(out_dir, read_items(paths, report), tok, inputs, report, append=bool(old),
