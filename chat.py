@@ -607,8 +607,9 @@ def encode_chunk(items, seed, val_fraction, tok=None):
     def flush(s):
         ids, roles = blocks[s]
         if ids:
-            tokens = np.array(list(itertools.chain.from_iterable(ids)), dtype)
-            parts[s].append((tokens, np.repeat(np.array(roles, np.uint8), list(map(len, ids)))))
+            lengths = list(map(len, ids))
+            tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype, sum(lengths))
+            parts[s].append((tokens, np.repeat(np.array(roles, np.uint8), lengths)))
             blocks[s] = ([], [])
 
     for item, p in zip(items, pieces):

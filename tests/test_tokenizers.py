@@ -1,0 +1,112 @@
+"""Tokenizers from a dataset's meta: tiktoken by name, char, and a BPE trained on the inputs."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import chat
+from conftest import shared_file
+from test_formats import decoded, prepare, shards
+
+TRICKY = "héllo wörld 🙂\n\n\n\n  tabs\tand <|endoftext|> stay text\r\n"
+
+
+@pytest.fixture(scope="module")
+def bpe_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bpe")
+    prepare("shakespeare", shared_file("tinyshakespeare", "input.txt"), "--tokenizer", "bpe:512", "--out_dir", out)
+    return out
+
+
+def test_bpe_is_saved_beside_the_shards_and_loads_from_any_cwd(bpe_dataset, tmp_path, monkeypatch):
+    meta = json.loads((bpe_dataset / "meta.json").read_text())
+    assert meta["tokenizer"] == {"kind": "bpe", "name": "bpe:512", "path": "tokenizer.json",
+                                 "hash": chat.file_identity(bpe_dataset / "tokenizer.json")["hash"]}
+    assert meta["vocab_size"] == 512 and meta["dtype"] == "uint16"
+    monkeypatch.chdir(tmp_path)  # train.py / sample.py run from anywhere
+    tok = chat.load_tokenizer(chat.load_meta(bpe_dataset))
+    assert tok.decode(chat.open_split(bpe_dataset, "train")[0][:8].tolist()).startswith("First Citizen")
+    # what a checkpoint stores (the meta dict through a save/load) still finds the file
+    tok2 = chat.load_tokenizer(json.loads(json.dumps(chat.load_meta(bpe_dataset))))
+    assert tok2.encode(TRICKY) == tok.encode(TRICKY)
+    # a moved dataset takes its tokenizer with it
+    shutil.copytree(bpe_dataset, tmp_path / "moved")
+    assert chat.load_tokenizer(chat.load_meta(tmp_path / "moved")).encode("to be") == tok.encode("to be")
+
+
+def test_bpe_round_trip_and_eot(bpe_dataset):
+    tok = chat.load_tokenizer(chat.load_meta(bpe_dataset))
+    ids = tok.encode(TRICKY)
+    assert tok.decode(ids) == TRICKY and tok.eot not in ids
+    assert chat.render(tok, ["say <|endoftext|>", "no"])[0].count(tok.eot) == 1
+    play = shared_file("tinyshakespeare", "input.txt").read_text()[:20000]
+    assert len(tok.encode(play)) < len(play) / 1.5  # it learnt merges (256 of them)
+    assert max(tok.encode(play)) < tok.vocab_size == 512
+
+
+def test_bpe_ids_are_the_trained_tokenizers_ids(bpe_dataset):
+    """tiktoken runs the trained merges; HF tokenizers reading tokenizer.json gives the same ids."""
+    tokenizers = pytest.importorskip("tokenizers")
+    hf = tokenizers.Tokenizer.from_file(str(bpe_dataset / "tokenizer.json"))
+    tok = chat.load_tokenizer(chat.load_meta(bpe_dataset))
+    play = shared_file("tinyshakespeare", "input.txt").read_text()[:50000]
+    assert hf.encode(play).ids == tok.encode(play)
+    assert hf.decode(tok.encode(play)) == play
+
+
+def test_a_changed_tokenizer_file_is_refused(bpe_dataset, tmp_path):
+    shutil.copytree(bpe_dataset, tmp_path / "d")
+    with open(tmp_path / "d" / "tokenizer.json", "a") as f:
+        f.write("\n")  # e.g. a tokenizer.json of another run copied over this one
+    with pytest.raises(SystemExit, match="not the tokenizer this dataset was encoded with"):
+        chat.load_tokenizer(chat.load_meta(tmp_path / "d"))
+
+
+def test_bpe_on_dialogues_append_reuses_it_and_workers_agree(tmp_path):
+    train, valid = sorted(shared_file("personachat_sample").glob("*.txt"))
+    prepare("personachat", train, "--tokenizer", "bpe:600", "--out_dir", tmp_path / "d", "--workers", 1)
+    prepare("personachat", train, "--tokenizer", "bpe:600", "--out_dir", tmp_path / "w2", "--workers", 2)
+    assert shards(tmp_path / "d") == shards(tmp_path / "w2")
+    saved = (tmp_path / "d" / "tokenizer.json").read_bytes()
+    prepare("personachat", valid, "--out_dir", tmp_path / "d", "--append")
+    assert (tmp_path / "d" / "tokenizer.json").read_bytes() == saved
+    text, meta = decoded(tmp_path / "d")
+    assert "Context: i like to remodel homes." in text and "A: hello what are doing today?" in text
+    assert meta["tokenizer"]["name"] == "bpe:600" and len(meta["inputs"]) == 2
+    wrong = prepare("personachat", valid, "--out_dir", tmp_path / "d", "--append", "--tokenizer", "gpt2", check=False)
+    assert "nothing new" in wrong.stdout  # already included: nothing to do, whatever the flag
+    (tmp_path / "new.txt").write_text(valid.read_text().replace("hello", "hey"))
+    wrong = prepare("personachat", tmp_path / "new.txt", "--out_dir", tmp_path / "d", "--append", "--tokenizer", "gpt2",
+                    check=False)
+    assert wrong.returncode != 0 and "prepared with tokenizer 'bpe:600'" in wrong.stderr
+
+
+def test_bpe_size_must_make_sense(tmp_path):
+    out = prepare("personachat", shared_file("personachat_sample"), "--tokenizer", "bpe:100", "--out_dir", tmp_path,
+                  check=False)
+    assert out.returncode != 0 and "bpe:N with N > 257" in out.stderr
+
+
+def test_cl100k_dataset_is_uint32(tmp_path):
+    prepare("personachat", shared_file("personachat_sample"), "--tokenizer", "cl100k_base", "--out_dir", tmp_path)
+    text, meta = decoded(tmp_path)
+    assert meta["dtype"] == "uint32" and meta["eot"] == 100257
+    assert "A: hi, how are you doing? i'm getting ready to do some cheetah chasing" in text
+    assert chat.open_split(tmp_path, "train")[0].dtype == np.uint32
+
+
+@pytest.mark.parametrize("name", ["p50k_base", "r50k_base", "cl100k_base"])
+def test_tiktoken_encodings_by_name(name):
+    tok = chat.load_tokenizer(name)
+    assert tok.decode(tok.encode(TRICKY)) == TRICKY and tok.eot not in tok.encode(TRICKY)
+    assert tok.encode_array(TRICKY).tolist() == tok.encode(TRICKY)
+    assert chat.token_dtype(tok.vocab_size) == ("uint32" if name == "cl100k_base" else "uint16")
+
+
+def test_text_pieces_encode_like_the_whole_with_cl100k():
+    tok = chat.load_tokenizer("cl100k_base")
+    src = shared_file("tinyshakespeare", "input.txt")
+    pieces = list(chat.read_text(src, chat.Report(), piece_bytes=50_000))
+    assert len(pieces) > 10
+    assert np.array_equal(np.concatenate([tok.encode_array(p) for p in pieces]), tok.encode_array(src.read_text()))
