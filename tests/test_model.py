@@ -106,6 +106,15 @@ def test_top_k_1_and_tiny_top_p_are_greedy():
     assert torch.equal(run(model, idx, 30, temperature=1.0, top_p=1e-6, generator=g), greedy)
 
 
+def test_cache_takes_the_compute_dtype():
+    """Under bf16 autocast, or with the model cast to bf16, the cache holds bf16 keys and values
+    (a float32 cache would not match the queries), through a re-prefill past block_size too."""
+    idx = torch.randint(0, 65, (2, 5))
+    with torch.autocast("cpu", torch.bfloat16):
+        assert run(tiny(), idx, 30, temperature=0).shape == (2, 30)
+    assert run(tiny().to(torch.bfloat16), idx, 30, temperature=0.8, top_k=10).shape == (2, 30)
+
+
 def test_stop_early():
     model = tiny()
     steps = 0
@@ -124,6 +133,24 @@ def test_sample_next_filters():
     assert draws(top_k=2) == {0, 1}
     assert draws(top_p=0.7) == {0, 1}  # 0.5 < 0.7, so token 1 is still needed; 0.8 >= 0.7 stops
     assert draws() == {0, 1, 2, 3}
+    assert draws(top_k=3, top_p=0.7) == {0, 1}  # top_p on top_k's sorted candidates
+    assert draws(top_k=4, top_p=0.9) == {0, 1, 2}  # top_k >= vocab: top_p sorts by itself
+
+
+def test_sample_next_draws_follow_the_distribution():
+    """Every row draws from its own softmax(logits / temperature); a token of probability 0 (here
+    -inf, or cut by top_k) is never drawn."""
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0], [0.0, 0.1, 0.0, 0.2, 0.7]])
+    logits = torch.log(probs).repeat(2000, 1)  # 2000 draws per row in one call
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.zeros(len(logits), 0, dtype=torch.long)
+    for kw, expected in ((dict(), probs), (dict(top_k=2), torch.tensor([[5 / 8, 3 / 8, 0, 0, 0], [0, 0, 0, 2 / 9, 7 / 9]]))):
+        tokens = sample_next(logits, ctx, generator=g, **kw).view(2000, 2)
+        freq = torch.stack([torch.bincount(tokens[:, r], minlength=5) / 2000 for r in range(2)])
+        assert torch.all(freq[expected == 0] == 0)
+        assert torch.allclose(freq, expected, atol=0.04)
+    hot = sample_next(logits, ctx, temperature=0.25, generator=g).view(2000, 2)  # sharper: p ** 4
+    assert (hot[:, 0] == 0).float().mean() > 0.85 and (hot[:, 1] == 4).float().mean() > 0.95
 
 
 def test_repetition_penalty():
