@@ -175,18 +175,28 @@ class BPETokenizer(TiktokenTokenizer):
 
     def __init__(self, spec):
         import tiktoken
-        path = Path(spec.get("dir", ".")) / spec["path"]
-        if not path.exists():
-            sys.exit(f"error: tokenizer file {path} not found (it belongs beside the dataset's shards)")
-        if file_identity(path)["hash"] != spec["hash"]:
-            sys.exit(f"error: {path} is not the tokenizer this dataset was encoded with")
-        vocab = json.loads(path.read_text(encoding="utf-8"))["model"]["vocab"]
+        vocab = json.loads(spec.get("json") or read_bpe_file(spec))["model"]["vocab"]
         byte = bytelevel_alphabet()
         ranks = {bytes(byte[c] for c in token): i for token, i in vocab.items() if token != EOT_TEXT}
         self.enc = tiktoken.Encoding(spec["name"], pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                                      special_tokens={EOT_TEXT: vocab[EOT_TEXT]})
         self.name, self.vocab_size, self.eot = spec["name"], self.enc.n_vocab, vocab[EOT_TEXT]
-        self.spec = {k: v for k, v in spec.items() if k != "dir"}  # meta.json stores it relative
+        self.spec = tokenizer_key(spec)  # meta.json stores it relative
+
+
+def read_bpe_file(spec):
+    """The text of a trained BPE's tokenizer.json, found in spec's dir and checked against its hash."""
+    path = Path(spec.get("dir", ".")) / spec["path"]
+    if not path.exists():
+        sys.exit(f"error: tokenizer file {path} not found (it belongs beside the dataset's shards)")
+    if file_identity(path)["hash"] != spec["hash"]:
+        sys.exit(f"error: {path} is not the tokenizer this dataset was encoded with")
+    return path.read_text(encoding="utf-8")
+
+
+def tokenizer_key(spec):
+    """What identifies a tokenizer: its spec without where its file is or the file's text."""
+    return {k: v for k, v in spec.items() if k not in ("dir", "json")}
 
 
 def train_bpe(texts, vocab_size, path, name):
@@ -564,8 +574,9 @@ def load_meta(data_dir):
     if not path.exists():
         sys.exit(f"error: {path} not found: prepare the dataset first (python data/<name>/prepare.py)")
     meta = json.loads(path.read_text())
-    if meta["tokenizer"]["kind"] == "bpe":  # its file lies beside the shards, wherever they are now
-        meta["tokenizer"]["dir"] = str(Path(data_dir).resolve())
+    if meta["tokenizer"]["kind"] == "bpe":  # its file, beside the shards, goes inline: a checkpoint
+        # keeps this meta, and then needs no dataset folder to rebuild the tokenizer
+        meta["tokenizer"]["json"] = read_bpe_file({**meta["tokenizer"], "dir": data_dir})
     return meta
 
 

@@ -12,7 +12,6 @@ $ python export.py --out_dir=out-xl --to=out-xl/full.pt
 """
 import json
 import os
-import shutil
 import tempfile
 
 import torch
@@ -57,7 +56,8 @@ def write_hf(ckpt):
                 f.write(read_file_cached(url + theirs))
         tokenizer_config['tokenizer_class'] = 'GPT2Tokenizer'
     elif spec['kind'] == 'bpe':  # trained with HF tokenizers: its tokenizer.json is already the HF form
-        shutil.copy(os.path.join(spec['dir'], spec['path']), os.path.join(to, 'tokenizer.json'))
+        with open(os.path.join(to, 'tokenizer.json'), 'w', encoding='utf-8') as f:
+            f.write(spec['json'])  # the checkpoint carries it (chat.load_meta)
         tokenizer_config['tokenizer_class'] = 'PreTrainedTokenizerFast'
     else:
         print(f"no tokenizer written: the {spec['kind']} tokenizer has no Hugging Face form")

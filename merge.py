@@ -31,7 +31,7 @@ def merge(out_dir, in_dirs):
     if out_dir.resolve() in [Path(d).resolve() for d in in_dirs]:
         sys.exit(f"error: {out_dir} is also an input; merge into a new folder")
     metas = [chat.load_meta(d) for d in in_dirs]
-    specs = [{k: v for k, v in m["tokenizer"].items() if k != "dir"} for m in metas]
+    specs = [chat.tokenizer_key(m["tokenizer"]) for m in metas]
     for d, m, spec in zip(in_dirs[1:], metas[1:], specs[1:]):
         if spec != specs[0]:
             sys.exit(f"error: {d} was prepared with tokenizer {describe(spec)} but {in_dirs[0]} with "

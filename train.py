@@ -179,7 +179,7 @@ meta = metas[0]  # the one checkpoints keep: sample.py rebuilds the tokenizer fr
 
 
 def tokenizer_of(meta):  # what must match between datasets, or a checkpoint and its new data
-    return {k: v for k, v in meta['tokenizer'].items() if k != 'dir'}
+    return chat.tokenizer_key(meta['tokenizer'])
 
 
 for d, m in zip(data_dirs, metas):

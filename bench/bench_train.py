@@ -1,12 +1,14 @@
 """
-Training speed on this machine's CPU: ms per optimizer step and tokens/s of model.py's GPT
-(forward, backward, AdamW), float32 vs bfloat16 autocast. The median step after warmup is
-reported, and the best one: on a shared machine the best is closer to what the CPU can do.
+Training speed on this machine's CPU: ms per optimizer step (forward, backward, AdamW) of model.py's
+GPT, against the nanoGPT recipe on the same model in the same process: float32, F.cross_entropy
+over the full logits, foreach AdamW. The variants take their steps in turn (round-robin), so a busy
+machine slows them alike; the median step after warmup is reported, its ratio to the baseline's,
+and the best step. --compile adds torch.compile'd variants (a cold compile: minutes on 2 cores).
 Then what activation checkpointing (train.py --activation_checkpointing) costs in time and saves
 in memory: the bytes autograd keeps for backward, counted with saved_tensors_hooks (device-free).
 Prints, never asserts.
-$ python bench/bench_train.py
-(nanoGPT's train.py on a 2-core CPU, for reference: (a) 45.8 ms/iter, (b) 2,814 ms/iter in fp32)
+$ python bench/bench_train.py [--compile]
+(nanoGPT's own train.py on the 2-core dev CPU: (a) 45.8 ms/iter, (b) 2,814 ms/iter in fp32)
 """
 import sys
 import time
@@ -21,32 +23,50 @@ from model import GPT, GPTConfig
 # name, model shape, batch size, (warmup, timed) steps
 CASES = [
     ("(a) 4 x 128, block 64, vocab 65",
-     dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65), 12, (3, 10)),
+     dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65), 12, (5, 30)),
     ("(b) 6 x 384, block 256, vocab 50304",
-     dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=50304), 8, (1, 3)),
+     dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=50304), 8, (2, 8)),
     ("(c) config/train_chat_char.py",
-     dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=128), 16, (2, 6)),
+     dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=128), 16, (3, 12)),
 ]
 
 
-def bench(shape, batch_size, dtype, warmup, steps, checkpointing=False):
+def make_step(shape, batch_size, dtype, nanogpt=False, compile=False, checkpointing=False):
+    """One training step, as a function, on its own copy of the model (same init every time)."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(dropout=0.0, bias=False, **shape))
     model.activation_checkpointing = checkpointing
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    if nanogpt:
+        # eval mode is where model.py still builds the full logits and calls F.cross_entropy, as
+        # nanoGPT does in training (dropout is 0, so nothing else changes)
+        model.eval()
+        groups = [{k: g[k] for k in ("params", "weight_decay")} for g in optimizer.param_groups]
+        optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), foreach=True)
+    run = torch.compile(model) if compile else model
     ctx = nullcontext() if dtype == torch.float32 else torch.autocast("cpu", dtype=dtype)
     x = torch.randint(shape["vocab_size"], (batch_size, shape["block_size"]))
     y = torch.roll(x, -1, dims=1)
-    times = []
-    for _ in range(warmup + steps):
-        t0 = time.perf_counter()
+
+    def step():
         with ctx:
-            _, loss = model(x, y)
+            _, loss = run(x, y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-    return sorted(times[warmup:])[steps // 2], min(times[warmup:])
+    return step
+
+
+def bench(steps, warmup, timed):
+    """{name: sorted step times}, the steps taken round-robin."""
+    times = {name: [] for name in steps}
+    for i in range(warmup + timed):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: sorted(t) for name, t in times.items()}
 
 
 def saved_for_backward(shape, batch_size, checkpointing):
@@ -70,16 +90,27 @@ def saved_for_backward(shape, batch_size, checkpointing):
 
 
 if __name__ == "__main__":
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for name, shape, batch_size, (warmup, steps) in CASES:
-        for dtype in (torch.float32, torch.bfloat16):
-            median, best = bench(shape, batch_size, dtype, warmup, steps)
-            tokens = batch_size * shape["block_size"]
-            print(f"{name}, batch {batch_size}, {str(dtype)[6:]:>8}: {median * 1000:7.1f} ms/iter "
-                  f"(best {best * 1000:.1f}), {tokens / median:6.0f} tok/s", flush=True)
-    name, shape, batch_size, (warmup, steps) = CASES[1]
+    compile = "--compile" in sys.argv
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    variants = [("nanoGPT recipe, float32", torch.float32, True, False),
+                ("ours, float32", torch.float32, False, False),
+                ("ours, bfloat16", torch.bfloat16, False, False)]
+    if compile:
+        variants += [("ours, float32, compiled", torch.float32, False, True),
+                     ("ours, bfloat16, compiled", torch.bfloat16, False, True)]
+    for name, shape, batch_size, (warmup, timed) in CASES:
+        tokens = batch_size * shape["block_size"]
+        steps = {v: make_step(shape, batch_size, dtype, nanogpt, comp) for v, dtype, nanogpt, comp in variants}
+        times = bench(steps, warmup, timed)
+        base = times[variants[0][0]][timed // 2]
+        print(f"{name}, batch {batch_size}:")
+        for v, t in times.items():
+            median = t[timed // 2]
+            print(f"  {v:<28} {median * 1000:7.1f} ms/iter (best {t[0] * 1000:.1f}), {tokens / median:6.0f} tok/s, "
+                  f"{base / median:.2f}x", flush=True)
+    name, shape, batch_size, (warmup, timed) = CASES[1]
     for checkpointing in (False, True):
-        median, best = bench(shape, batch_size, torch.float32, warmup, steps, checkpointing)
+        t = bench({"": make_step(shape, batch_size, torch.float32, checkpointing=checkpointing)}, 1, 3)[""]
         mb = saved_for_backward(shape, batch_size, checkpointing) / 2**20
         print(f"{name}, batch {batch_size}, float32, activation_checkpointing={checkpointing}: "
-              f"{median * 1000:7.1f} ms/iter (best {best * 1000:.1f}), {mb:.0f} MiB kept for backward", flush=True)
+              f"{t[1] * 1000:7.1f} ms/iter (best {t[0] * 1000:.1f}), {mb:.0f} MiB kept for backward", flush=True)

@@ -4,7 +4,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, default_dtype, load_checkpoint, sample_next
+from model import GPT, GPTConfig, KVCache, causal_attention, default_dtype, load_checkpoint, sample_next
 
 
 def tiny(block_size=16, vocab_size=65, bias=True, seed=0):
@@ -36,6 +36,40 @@ def test_forward_shapes_and_loss():
     assert torch.allclose(loss, expected)
     with pytest.raises(AssertionError, match="block_size"):
         model(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_loss_matches_cross_entropy(dtype):
+    """Training mode's fused lm_head + cross-entropy (no logits returned) gives F.cross_entropy's
+    loss and gradients, ignored targets included; with none to train on, 0 and no gradient."""
+    def loss_and_grads(model, idx, targets):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            logits, loss = model(idx, targets)
+        loss.backward()
+        return logits, loss.float(), [p.grad.float().clone() for p in model.parameters()]
+
+    model = tiny(vocab_size=1000)  # more rows and columns than one chunk of the loss
+    idx = torch.randint(0, 1000, (3, 16))
+    targets = torch.randint(0, 1000, (3, 16))
+    targets[0, :5] = -1
+    targets[2, 7] = -1
+    logits, loss, grads = loss_and_grads(model.train(), idx, targets)
+    assert logits is None
+    _, ref_loss, ref_grads = loss_and_grads(model.eval(), idx, targets)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(loss, ref_loss, rtol=tol)
+    for g, ref in zip(grads, ref_grads):
+        assert torch.allclose(g, ref, rtol=tol, atol=tol * ref.abs().max())
+    _, loss, grads = loss_and_grads(model.train(), idx, torch.full_like(targets, -1))
+    assert loss.item() == 0 and all(not g.any() for g in grads)
+
+
+def test_causal_attention_is_sdpa():
+    """The plain-matmul attention used for bf16 on CPU computes what SDPA's causal kernel does."""
+    q, k, v = torch.randn(3, 2, 4, 37, 16).unbind(0)
+    assert torch.allclose(causal_attention(q, k, v),
+                          torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6)
 
 
 def test_fresh_init_loss_is_uniform():

@@ -27,9 +27,13 @@ def test_bpe_is_saved_beside_the_shards_and_loads_from_any_cwd(bpe_dataset, tmp_
     monkeypatch.chdir(tmp_path)  # train.py / sample.py run from anywhere
     tok = chat.load_tokenizer(chat.load_meta(bpe_dataset))
     assert tok.decode(chat.open_split(bpe_dataset, "train")[0][:8].tolist()).startswith("First Citizen")
-    # what a checkpoint stores (the meta dict through a save/load) still finds the file
-    tok2 = chat.load_tokenizer(json.loads(json.dumps(chat.load_meta(bpe_dataset))))
-    assert tok2.encode(TRICKY) == tok.encode(TRICKY)
+    # what a checkpoint stores (the meta dict through a save/load) carries the tokenizer inline:
+    # it loads with the dataset folder gone
+    shutil.copytree(bpe_dataset, tmp_path / "gone")
+    kept = json.loads(json.dumps(chat.load_meta(tmp_path / "gone")))
+    shutil.rmtree(tmp_path / "gone")
+    tok2 = chat.load_tokenizer(kept)
+    assert tok2.encode(TRICKY) == tok.encode(TRICKY) and tok2.spec == meta["tokenizer"]
     # a moved dataset takes its tokenizer with it
     shutil.copytree(bpe_dataset, tmp_path / "moved")
     assert chat.load_tokenizer(chat.load_meta(tmp_path / "moved")).encode("to be") == tok.encode("to be")

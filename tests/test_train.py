@@ -229,6 +229,7 @@ def test_masked_loss_is_normalised_over_the_global_batch(tmp_path):
         torch.manual_seed(1337)
         model = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False))
         opt = model.configure_optimizers(0.1, 3e-3, (0.9, 0.99), "cpu")
+        model.eval()  # where forward gives every position's logits (dropout is 0 anyway)
         sums, counts = [], []
         for micro in range(4):  # train.py's batch recipe
             torch.manual_seed(hash((1337, False, 0, micro)))
@@ -248,13 +249,19 @@ def test_masked_loss_is_normalised_over_the_global_batch(tmp_path):
             loss = sum(sums) / sum(counts)
         loss.backward()
         opt.step()
-        return {"model": model.state_dict()}
+        return opt.state_dict()["state"]
+
+    def assert_same_gradients(a, b):
+        # AdamW's first momentum is 0.1 x the step's gradient; its weights, g / (|g| + eps), would
+        # blow float noise in gradients near 0 up to ~1e-6
+        for i, s in a.items():
+            torch.testing.assert_close(b[i]["exp_avg"], s["exp_avg"], rtol=1e-4, atol=1e-9)
 
     ours = load(tmp_path / "out" / "ckpt.pt")
     assert all(torch.isfinite(v).all() for v in ours["model"].values())
-    assert_same_weights(step(per_micro_mean=False), ours, atol=2e-6)
+    assert_same_gradients(step(per_micro_mean=False), ours["optimizer"]["state"])
     with pytest.raises(AssertionError):  # the test can tell the difference
-        assert_same_weights(step(per_micro_mean=True), ours, atol=2e-6)
+        assert_same_gradients(step(per_micro_mean=True), ours["optimizer"]["state"])
 
 
 def test_finetune_then_resume_on_grown_mixed_data_with_the_schedule_restarted(runs, tmp_path):

@@ -55,5 +55,5 @@ def test_export_gpt2_tokenizer(tmp_path, gpt2):
 def test_export_trained_bpe(tmp_path):
     texts = ["A: hello there, how are you today?\n\n\nB: fine thanks, and you?\n\n\n"] * 20
     tok = chat.train_bpe(texts, 300, tmp_path / "tokenizer.json", "tiny")
-    ours = checkpoint(tmp_path / "ckpt.pt", tok, {**tok.spec, "dir": str(tmp_path)})
+    ours = checkpoint(tmp_path / "ckpt.pt", tok, {**tok.spec, "json": (tmp_path / "tokenizer.json").read_text()})
     export_and_compare(tmp_path, tok, ours)
