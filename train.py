@@ -39,7 +39,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import chat
-from model import GPT, GPTConfig, default_device, default_dtype, load_checkpoint
+from model import GPT, GPTConfig, default_device, default_dtype, keep_freed_memory, load_checkpoint
 
 # -----------------------------------------------------------------------------
 # default config: a small char-level model that trains on a laptop CPU
@@ -112,6 +112,8 @@ device_type = device.split(':')[0]
 dtype = dtype or default_dtype(device)
 backend = backend or ('nccl' if device_type == 'cuda' else 'gloo')
 compile = device_type == 'cuda' if compile is None else compile
+if device_type == 'cpu':
+    keep_freed_memory()
 faults = {kind: int(k) for kind, k in (f.split(':') for f in fault.split(',') if f)}
 if train_on not in ('all', 'B', 'replies'):
     sys.exit(f"train_on must be 'all', 'B' or 'replies', not {train_on!r}")
@@ -298,6 +300,7 @@ if resume:
     else:
         optimizer.load_state_dict(ckpt['optimizer'])
     scaler.load_state_dict(ckpt['scaler'])
+wandb_id = ckpt.get('wandb_id') if resume else None  # a resumed run goes on in the same wandb run
 ckpt = None  # free the memory
 if compile:
     log("compiling the model... (takes a minute)")
@@ -384,7 +387,7 @@ def save_checkpoint(is_best):
     With fsdp, every rank first writes its shards to ckpt_<iter>.dcp/, which ckpt.pt then names."""
     ckpt = dict(scaler=scaler.state_dict(), model_args=model_args, iter_num=iter_num, best_val_loss=best_val_loss,
                 config=config, meta=meta, world_size=world_size, schedule_start=schedule_from,
-                train_tokens=train_tokens)
+                train_tokens=train_tokens, wandb_id=wandb_id)
     if fsdp:
         ckpt['shards'] = f'ckpt_{iter_num}.dcp'
         model_state, optim_state = get_state_dict(raw_model, optimizer)
@@ -476,7 +479,8 @@ for s in (signal.SIGTERM, signal.SIGINT):
     signal.signal(s, request_stop)
 if wandb_log and master:
     import wandb
-    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+    wandb_id = wandb.init(project=wandb_project, name=wandb_run_name, config=config, id=wandb_id,
+                          resume='allow' if wandb_id else None).id
 tok = chat.load_tokenizer(meta) if eval_sample else None
 flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
 peak = peak_flops() * world_size

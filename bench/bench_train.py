@@ -1,7 +1,8 @@
 """
 Training speed on this machine's CPU: ms per optimizer step (forward, backward, AdamW) of model.py's
 GPT, against the nanoGPT recipe on the same model in the same process: float32, F.cross_entropy
-over the full logits, foreach AdamW. The variants take their steps in turn (round-robin), so a busy
+over the full logits, foreach AdamW (both with grad clipping, and with train.py's
+keep_freed_memory, which is process-wide). The variants take their steps in turn (round-robin), so a busy
 machine slows them alike; the median step after warmup is reported, its ratio to the baseline's,
 and the best step. --compile adds torch.compile'd variants (a cold compile: minutes on 2 cores).
 Then what activation checkpointing (train.py --activation_checkpointing) costs in time and saves
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, keep_freed_memory
 
 # name, model shape, batch size, (warmup, timed) steps
 CASES = [
@@ -52,6 +53,7 @@ def make_step(shape, batch_size, dtype, nanogpt=False, compile=False, checkpoint
         with ctx:
             _, loss = run(x, y)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # train.py's and nanoGPT's grad_clip
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
@@ -91,6 +93,7 @@ def saved_for_backward(shape, batch_size, checkpointing):
 
 if __name__ == "__main__":
     compile = "--compile" in sys.argv
+    keep_freed_memory()  # as train.py does on CPU
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     variants = [("nanoGPT recipe, float32", torch.float32, True, False),
                 ("ours, float32", torch.float32, False, False),

@@ -116,6 +116,26 @@ def test_learns_logs_and_checkpoints(runs):
     assert sorted(os.listdir(tmp / "full")) == ["best.pt", "ckpt.pt", "ckpt_4.pt", "ckpt_8.pt"]  # keep_last=2
 
 
+def test_wandb_offline_gets_the_metrics_and_samples(runs, tmp_path):
+    pytest.importorskip("wandb")
+    data, _ = runs
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    train(data, tmp_path / "out", "--max_iters=4", "--wandb_log=True", "--eval_sample=hi there", env=env)
+    [run] = (tmp_path / "wandb").glob("offline-run-*")
+    # the run file is wandb's protobuf records: the metric names are in it as they are
+    records = next(run.glob("run-*.wandb")).read_bytes()
+    for key in (b"train/loss", b"val/loss", b"val/A", b"val/B", b"tok/s", b"mfu", b"lr", b"batch_size"):
+        assert key in records, key
+    tables = sorted(run.glob("files/media/table/sample_*.table.json"))
+    assert len(tables) == 2  # evals at 0 and 4
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["iter", "A", "B"] and table["data"][0][:2] == [0, "hi there"]
+    # resuming goes on in the same wandb run
+    train(data, tmp_path / "out", "--max_iters=6", "--wandb_log=True", "--init_from=resume", env=env)
+    assert load(tmp_path / "out" / "ckpt.pt")["wandb_id"] == run.name.rsplit("-", 1)[1]
+    assert {p.name.rsplit("-", 1)[1] for p in (tmp_path / "wandb").glob("offline-run-*")} == {run.name.rsplit("-", 1)[1]}
+
+
 def test_exact_resume_after_sigterm_and_sigkill(runs):
     """SIGTERM at 3 saves at 4 and exits; the same command with init_from=auto resumes and is
     SIGKILLed after 7 (last checkpoint: 6); again, over a torn ckpt.pt.tmp, it ends bit-identical to
