@@ -10,6 +10,7 @@ No torch here: preparing data never needs it.
 """
 import argparse
 import codecs
+import functools
 import glob
 import gzip
 import hashlib
@@ -17,6 +18,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import sys
 import time
 import zlib
@@ -66,6 +68,13 @@ def normalize(message):
     message = message.replace("\r\n", "\n").replace("\r", "\n")
     message = "\n".join(line.rstrip() for line in message.split("\n"))
     return re.sub(r"\n{3,}", "\n\n", message).strip()
+
+
+def detokenize(text):
+    """Undo the space tokenization of research dialogue corpora: "hi , it 's $ 5 ." -> "hi, it's $5."."""
+    text = re.sub(r" ([.,!?;:%)])", r"\1", text)
+    text = re.sub(r"([($]) ", r"\1", text)
+    return re.sub(r" ?(['’]) ?(s|t|re|ve|m|ll|d)\b", r"\1\2", text)
 
 
 def turn_text(label, message):
@@ -594,20 +603,11 @@ def open_split(data_dir, split, meta=None):
     return tokens, roles
 
 
-_worker_tok = None  # the tokenizer inside a worker process
-
-
-def _init_worker(tok):
-    global _worker_tok
-    _worker_tok = tok  # inherited through fork: nothing to pickle or load again
-
-
-def encode_chunk(items, seed, val_fraction, tok=None):
+def encode_chunk(items, seed, val_fraction, tok):
     """A list of items -> per split (tokens, roles, counts), in input order. Dialogues come out
     exactly as render() makes them, but all turns of the chunk go to the tokenizer in one batch
     and become arrays once per run of dialogues (per-turn overheads would dominate short turns);
     documents come back from the tokenizer as arrays, never as lists of Python ints."""
-    tok = tok or _worker_tok
     dtype = token_dtype(tok.vocab_size)
     pieces = [dialogue_pieces(it.turns, it.context) if isinstance(it, Dialogue) else None for it in items]
     turn_ids = iter(tok.encode_batch([text for p in pieces if p for text, _ in p]))
@@ -664,22 +664,41 @@ def chunked(items, max_chars=1 << 20):
         yield chunk
 
 
-def encode_stream(items, tok, seed, val_fraction, workers):
-    """Encoded chunks in input order; with workers > 1 a bounded number are in flight at once,
-    so memory stays flat however large the input."""
+_work = None  # what a parallel_map worker process runs
+
+
+def _start_worker(fn):
+    global _work
+    _work = fn
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: a worker just stops
+
+
+def _run(item):
+    return _work(item)
+
+
+def parallel_map(fn, items, workers, in_flight=None):
+    """fn over items, results in input order. With workers > 1 it runs in forked processes, which
+    inherit fn (tokenizers, closures, module state: only items and results are pickled), at most
+    in_flight items at once (2 per worker by default), so memory stays flat however long items runs."""
     if workers <= 1:
-        for chunk in chunked(items):
-            yield encode_chunk(chunk, seed, val_fraction, tok)
+        yield from map(fn, items)
         return
     import multiprocessing as mp
-    with mp.get_context("fork").Pool(workers, _init_worker, (tok,)) as pool:
+    with mp.get_context("fork").Pool(workers, _start_worker, (fn,)) as pool:
         pending = deque()
-        for chunk in chunked(items):
-            pending.append(pool.apply_async(encode_chunk, (chunk, seed, val_fraction)))
-            if len(pending) >= 2 * workers:
+        for item in items:
+            pending.append(pool.apply_async(_run, (item,)))
+            if len(pending) >= (in_flight or 2 * workers):
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+def encode_stream(items, tok, seed, val_fraction, workers):
+    """Encoded chunks of items (encode_chunk), in input order, on workers processes."""
+    encode = functools.partial(encode_chunk, seed=seed, val_fraction=val_fraction, tok=tok)
+    return parallel_map(encode, chunked(items), workers)
 
 
 def recover(out_dir):

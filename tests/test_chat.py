@@ -15,6 +15,11 @@ import chat
 from conftest import ROOT, shared_file
 
 
+def test_detokenize_undoes_corpus_spacing():
+    assert chat.detokenize("hi , it 's $ 5 ( or so ) . i 'm sure ! 100 % ?") == "hi, it's $5 (or so). i'm sure! 100%?"
+    assert chat.detokenize("don 't ' tis") == "don't ' tis"  # a quote that is not a contraction stays
+
+
 def test_render_matches_the_contract_text(gpt2):
     tokens, roles = chat.render(gpt2, ["hello  \n\n\n\n there ", "hi!"], context="a persona")
     assert tokens[0] == gpt2.eot and roles[0] == 0

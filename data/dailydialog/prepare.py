@@ -9,13 +9,12 @@ Input: one dialogue per line, turns separated by '__eou__', words space-tokenize
 are you ?"); the spaces before punctuation are undone here.
 """
 import os
-import re
 import sys
 import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from chat import Dialogue, download, prepare, prepare_parser, read_lines
+from chat import Dialogue, detokenize, download, prepare, prepare_parser, read_lines
 
 URL = "http://yanran.li/files/ijcnlp_dailydialog.zip"
 RAW = Path(__file__).resolve().parent / "raw"
@@ -35,12 +34,6 @@ def fetch():
             tmp.write_bytes(z.read(MEMBER))
             os.replace(tmp, text)
     return str(text)
-
-
-def detokenize(turn):
-    turn = re.sub(r" ([.,!?;:%)])", r"\1", turn)
-    turn = re.sub(r"([($]) ", r"\1", turn)
-    return re.sub(r" ?(['’]) ?(s|t|re|ve|m|ll|d)\b", r"\1\2", turn)
 
 
 def read_dialogues(paths, report):

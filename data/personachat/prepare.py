@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from chat import make_dialogue, prepare, prepare_parser, read_lines
+from chat import detokenize, make_dialogue, prepare, prepare_parser, read_lines
 
 LINE = re.compile(r"(\d+) (.*)")
 
 
-def detokenize(text):
+def clean(text):
     text = text.replace("__SILENCE__", "")  # ParlAI's placeholder for a partner who has not spoken
-    return re.sub(r" ([.,!?;:%)])", r"\1", text).strip()
+    return detokenize(text).strip()
 
 
 def read_dialogues(paths, report):
@@ -47,7 +47,7 @@ def read_dialogues(paths, report):
             elif text.strip():
                 where = where if pairs else f"{path}:{lineno}"
                 message, _, reply = text.partition("\t")
-                pairs += [("A", detokenize(message)), ("B", detokenize(reply.split("\t")[0]))]
+                pairs += [("A", clean(message)), ("B", clean(reply.split("\t")[0]))]
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import signal
 import sys
 import tempfile
 import zlib
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
@@ -46,7 +46,8 @@ from urllib.parse import urlparse
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from chat import Dialogue, download, expand_inputs, normalize, prepare, prepare_parser, read_lines, zstd_chunks
+from chat import (Dialogue, download, expand_inputs, normalize, parallel_map, prepare, prepare_parser, read_lines,
+                  zstd_chunks)
 
 RAW = Path(__file__).resolve().parent / "raw"
 PATTERNS = ("*.zst", "*.jsonl", "*.jsonl.gz")  # what a folder is searched for; files may be named anyhow
@@ -351,23 +352,6 @@ def bucket_dialogues(path):
 
 # -----------------------------------------------------------------------------
 # the driver
-
-
-def parallel_map(fn, items, workers, in_flight):
-    """fn over items, results in order; with workers > 1 in forked processes (which inherit ARGS),
-    at most in_flight items at once so memory stays bounded however long items runs."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    import multiprocessing as mp
-    with mp.get_context("fork").Pool(workers, signal.signal, (signal.SIGTERM, signal.SIG_DFL)) as pool:
-        pending = deque()
-        for item in items:
-            pending.append(pool.apply_async(fn, (item,)))
-            if len(pending) >= in_flight:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
 
 
 def line_batches(paths, report, size=1 << 22):
