@@ -117,6 +117,8 @@ if device_type == 'cpu':
 faults = {kind: int(k) for kind, k in (f.split(':') for f in fault.split(',') if f)}
 if train_on not in ('all', 'B', 'replies'):
     sys.exit(f"train_on must be 'all', 'B' or 'replies', not {train_on!r}")
+if device_type == 'cpu' and dtype == 'float16':
+    print("warning: float16 on a CPU has no fast kernels (slower than float32): use bfloat16 or float32")
 if fsdp and ('RANK' not in os.environ or dtype == 'float16'):
     sys.exit("fsdp shards over the ranks of a torchrun launch (--nproc_per_node=1 is one), in bfloat16 or float32")
 # -----------------------------------------------------------------------------
@@ -446,17 +448,22 @@ def peak_flops():
         for gpu, flops in GPU_PEAK_FLOPS.items():
             if gpu in name:
                 return flops
-    n = 4096 if device_type == 'cuda' else 2048
-    a = torch.randn(n, n, device=device).to(ptdtype)
-    a @ a  # warm up
-    best = float('inf')
-    for _ in range(20):  # the fastest of a few: other processes on the machine only slow some down
+    def seconds(a):
         synchronize()
         t = time.perf_counter()
         a @ a
         synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+        return time.perf_counter() - t
+
+    n = 256  # grown until one matmul is long enough to time (dtypes without fast kernels stay small)
+    while True:
+        a = torch.randn(n, n, device=device).to(ptdtype)
+        seconds(a)  # warm up
+        if n >= 4096 or seconds(a) > 0.02:
+            break
+        n *= 2
+    # the fastest of a few: other processes on the machine only slow some down
+    return 2 * n ** 3 / min(seconds(a) for _ in range(10))
 
 
 def duration(seconds):

@@ -183,6 +183,16 @@ def nan_run(runs):
     return p.stdout
 
 
+def test_float16_trains_with_a_grad_scaler(runs, tmp_path):
+    """float16 (for GPUs without bf16) runs on the CPU too, slowly: a warning says so."""
+    tmp, _ = runs
+    p = train(tmp, tmp_path / "fp16", "--max_iters=8", "--dtype=float16")
+    assert "warning: float16 on a CPU has no fast kernels" in p.stdout
+    e = evals(p.stdout)
+    assert e[8]["val"] < e[0]["val"] - 0.3, e
+    assert load(tmp_path / "fp16" / "ckpt.pt")["scaler"]["scale"] > 1  # its state is checkpointed
+
+
 def test_nan_loss_skips_the_step(nan_run):
     assert log_lines(nan_run, "warning: ") == ["warning: iter 3: loss is nan, step skipped (1 skipped in this run)"]
     assert len(log_lines(nan_run, "iter ")) == 8
