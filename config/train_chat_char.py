@@ -6,8 +6,8 @@
 out_dir = 'out-chat-char'
 dataset = 'dailydialog_char'
 
-# Sized to train in about 5 minutes on 2 CPU cores: 4 x 128 (0.8M parameters) with 256 characters
-# of context (a few turns). bf16 autocast, where the CPU has it, takes ~170 ms a step against ~210 ms
+# Sized to train in about 4 minutes on 2 CPU cores: 4 x 128 (0.8M parameters) with 256 characters
+# of context (a few turns). bf16 autocast, where the CPU has it, takes ~155 ms a step against ~235 ms
 # in fp32 (bench/bench_train.py), so 1500 steps see 1500 x 16 x 256 = 6M characters. On the
 # 1,000-dialogue sample in ../shared the val loss goes 4.86 -> 1.36 (train 1.30): too small a model to
 # overfit here, so no dropout; replies are dialogue-shaped, if not always sensible.
