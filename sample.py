@@ -4,10 +4,12 @@ Sample from a trained model, or chat with it.
     python sample.py --out_dir=out-chat-char --start="A: hi, how are you?"    # one-shot
     python sample.py --out_dir=out-chat-char --interactive                     # chat as A, model is B
     echo "hello" | python sample.py --interactive                              # scriptable
+    python sample.py --out_dir=out-chat-char --serve=8000                      # HTTP: POST /chat
 
 The chat prompt is built by chat.reply_prompt, the same code that rendered the training text,
 and the model's turn ends where training turns end: at the separator or at end-of-text.
 """
+import json
 import os
 import sys
 from contextlib import nullcontext
@@ -35,6 +37,7 @@ compile = False
 interactive = False
 kv_cache = True
 stop = True                # end at the end of the model's turn (when the prompt ends with a label)
+serve = -1                 # a port (0: any free one): answer chats over HTTP on 127.0.0.1 (see serve_chat)
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
@@ -147,7 +150,43 @@ def chat_loop():
         history.append(chat.normalize(reply) or '...')
 
 
-if interactive:
+def serve_chat(port):
+    """POST /chat with {"turns": [A's, B's, ..., A's], "context": optional} answers {"reply": B's next
+    turn}: the prompt is chat.reply_prompt's, as in --interactive. One request at a time."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    persona = from_file(context).strip() or None
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            try:
+                if self.path != '/chat':
+                    raise ValueError(f"no {self.path} here: POST /chat")
+                request = json.loads(self.rfile.read(int(self.headers.get('Content-Length') or 0)))
+                turns = request.get('turns')
+                if not (isinstance(turns, list) and len(turns) % 2 == 1 and all(isinstance(t, str) for t in turns)):
+                    raise ValueError('"turns" must be a list of strings, A\'s first and A\'s last')
+            except (ValueError, AttributeError) as e:  # bad JSON is a ValueError too
+                return self.answer(400, {'error': str(e)})
+            prompt = chat.reply_prompt(tok, turns, request.get('context', persona),
+                                       max(block_size - max_new_tokens, block_size // 2))
+            self.answer(200, {'reply': chat.normalize(complete(prompt)[0])})
+
+        def answer(self, status, body):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header('Content-Type', 'application/json')
+            self.send_header('Content-Length', str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = HTTPServer(('127.0.0.1', port), Handler)
+    print(f"serving on http://127.0.0.1:{server.server_port}/chat", flush=True)
+    server.serve_forever()
+
+
+if serve >= 0:
+    serve_chat(serve)
+elif interactive:
     chat_loop()
 else:
     text = from_file(start)

@@ -1,6 +1,9 @@
 """sample.py end to end: a tiny model overfit on one dialogue must chat back in the training format."""
+import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
@@ -65,3 +68,28 @@ def test_one_shot_stops_at_the_end_of_the_turn(overfit_ckpt, kv_cache):
 def test_one_shot_without_stop_runs_on(overfit_ckpt):
     out = run_sample(overfit_ckpt, "--start=A: hello\n\n\nB:", "--stop=False", "--max_new_tokens=20")
     assert out.startswith("A: hello\n\n\nB: hi there\n\n\nA: how")
+
+
+def test_serve_answers_chats_over_http(overfit_ckpt):
+    cmd = [sys.executable, str(ROOT / "sample.py"), f"--init_from={overfit_ckpt}", "--device=cpu", "--dtype=float32",
+           "--temperature=0", "--max_new_tokens=40", "--serve=0"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        url = server.stdout.readline().split()[-1]  # "serving on http://127.0.0.1:PORT/chat"
+
+        def post(body):
+            req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        assert post({"turns": ["hello"]}) == (200, {"reply": "hi there"})
+        assert post({"turns": DIALOGUE[:3]}) == (200, {"reply": "fine thanks"})
+        status, body = post({"turns": DIALOGUE[:2]})  # ends with B's turn: nothing to answer
+        assert status == 400 and "A's last" in body["error"]
+        assert post([1, 2])[0] == 400
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
