@@ -157,6 +157,61 @@ def test_chains_merge_cut_dedup_and_survive_cycles(tmp_path, gpt2):
     assert not meta["counts"]["train"]  # chains of one comment are no dialogue
 
 
+def test_append_with_kept_threads_continues_threads_across_dumps(tmp_path, gpt2):
+    """A thread begun in one month's dump goes on in the next: with --keep_threads, --append of the
+    next month emits the new chains with their whole history (the submission title included);
+    without it, the replies would start chains of their own."""
+    month1 = write_lines(tmp_path / "RC_1.jsonl", [
+        {"id": "x", "title": "Favourite hikes?", "selftext": "", "subreddit": "test"},
+        comment("a", "t3_x", "ann", "the ridge walk"), comment("b", "t1_a", "bob", "how long is it?"),
+        comment("c", "t1_b", "ann", "about five hours")])
+    month2 = write_lines(tmp_path / "RC_2.jsonl", [
+        comment("d", "t1_c", "bob", "worth it?"), comment("e", "t1_a", "cat", "love that one"),
+        comment("y1", "t3_y", "dan", "a new thread", link="t3_y"), comment("y2", "t1_y1", "eve", "indeed", link="t3_y")])
+    flags = ["--val_fraction", "0", "--context"]
+    run(tmp_path / "kept", month1, extra=[*flags, "--keep_threads"])
+    assert (tmp_path / "kept" / "threads" / "buckets.json").exists()
+    first = dialogues(tmp_path / "kept", "train")
+    assert first == ["Context: Favourite hikes?\n\n\nA: the ridge walk\n\n\nB: how long is it?\n\n\n"
+                     "A: about five hours\n\n\n"]
+    run(tmp_path / "kept", month2, extra=[*flags, "--append"])
+    added = dialogues(tmp_path / "kept", "train")[1:]
+    assert sorted(added) == sorted([
+        first[0] + "B: worth it?\n\n\n",
+        "Context: Favourite hikes?\n\n\nA: the ridge walk\n\n\nB: love that one\n\n\n",
+        "A: a new thread\n\n\nB: indeed\n\n\n"])
+    # the store now holds this run's threads: a third month goes on from them
+    month3 = write_lines(tmp_path / "RC_3.jsonl", [comment("f", "t1_d", "ann", "every minute")])
+    run(tmp_path / "kept", month3, extra=[*flags, "--append"])
+    assert dialogues(tmp_path / "kept", "train")[-1] == added[0] + "A: every minute\n\n\n"
+    # without the store, month 2's replies to month 1 have no history: fewer than two turns each
+    run(tmp_path / "plain", month1, extra=flags)
+    run(tmp_path / "plain", month2, extra=[*flags, "--append"])
+    assert dialogues(tmp_path / "plain", "train")[1:] == ["A: a new thread\n\n\nB: indeed\n\n\n"]
+    assert not (tmp_path / "plain" / "threads").exists()
+
+
+def test_kept_threads_append_covers_one_run_over_both_dumps(tmp_path, dump, gpt2):
+    """The real dump cut in two at its median time: prepared, then the second half appended, gives
+    every dialogue that one run over the whole dump gives. What it has beyond that are chains
+    emitted before their next replies came, and their histories are those of whole-run chains."""
+    lines = [json.loads(line) for _, line in chat.read_lines(dump, chat.Report())]
+    median = sorted(int(o["created_utc"]) for o in lines)[len(lines) // 2]
+    early = write_lines(tmp_path / "early.jsonl", [o for o in lines if int(o["created_utc"]) < median])
+    late = write_lines(tmp_path / "late.jsonl", [o for o in lines if int(o["created_utc"]) >= median])
+    flags = ["--val_fraction", "0", "--max_per_thread", "100000", "--buckets", "3"]
+    run(tmp_path / "whole", early, late, extra=flags)
+    whole = set(dialogues(tmp_path / "whole", "train"))
+    run(tmp_path / "parts", early, extra=[*flags, "--keep_threads"])
+    run(tmp_path / "parts", late, workers=2, extra=[*flags, "--append"])  # the store read and written in workers
+    parts = dialogues(tmp_path / "parts", "train")
+    assert len(parts) == len(set(parts))  # nothing emitted twice
+    assert whole <= set(parts)
+    prefixes = {tuple(d.split(chat.SEPARATOR)[:k]) for d in whole for k in range(d.count(chat.SEPARATOR))}
+    extra = set(parts) - whole
+    assert extra and {tuple(d.split(chat.SEPARATOR)[:-2]) for d in extra} <= prefixes
+
+
 def test_filters_are_counted(tmp_path, gpt2):
     objs = [
         {"id": "n", "title": "nsfw post", "over_18": True, "subreddit": "test"},

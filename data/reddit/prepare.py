@@ -6,6 +6,8 @@ Reddit dumps (Pushshift / Arctic Shift) -> threaded A:/B: dialogue shards.
     python data/reddit/prepare.py dumps/ --subreddits askscience,askhistorians --after 2019-01-01
     python data/reddit/prepare.py --download URL           # fetch a dump into raw/ first (resumable)
     python data/reddit/prepare.py dumps/ --shard 0/4       # this machine's quarter of the threads
+    python data/reddit/prepare.py RC_2019-10.zst --keep_threads && \
+    python data/reddit/prepare.py RC_2019-11.zst --append  # threads go on across the months
 
 Inputs: monthly RC_/RS_YYYY-MM.zst, per-subreddit <sub>_comments.zst / <sub>_submissions.zst, or
 .jsonl(.gz), one JSON object per line. Comments (body, parent_id) and submissions (title) are told
@@ -26,6 +28,12 @@ compact records by thread into zstd bucket files (temporary, beside the output; 
 fifth of the raw JSON size, checked against free space first). Pass 2 builds one bucket's threads
 at a time in memory, buckets in order and threads sorted by id, so the output depends neither on
 --workers nor on the order of the inputs, and memory is bounded by the bucket size, not the dump.
+
+Month by month: with --keep_threads the cleaned records of the run's threads stay in
+OUT_DIR/threads/ (in their buckets). An --append then reads each bucket's stored threads beside the
+new records: a thread that goes on is rebuilt whole, and only the dialogues the earlier run did not
+emit come out. The store then holds the threads of the latest run (threads rarely live for months),
+and is put in place only after the shards are.
 """
 import argparse
 import html
@@ -56,6 +64,7 @@ TEMP_FRACTION = 0.3                 # bucket files / raw JSON: 0.04-0.19 measure
 BUCKET_BYTES = 128 << 20            # raw JSON per bucket: pass 2 holds one bucket's threads in memory
 BUFFER_BYTES = 32 << 20             # pass 1 buffers this much before compressing into bucket files
 DELETED = ("[deleted]", "[removed]")
+STORE_INFO = "buckets.json"         # beside a --keep_threads store: its bucket count and --shard
 
 QUOTE = re.compile(r"^[ \t]*>.*$", re.M)
 # [text](url) or [text](url "title"); urls may hold one level of parentheses (wikipedia)
@@ -107,6 +116,9 @@ def parse_args(argv=None):
     p.add_argument("--shard", default="0/1", help="i/N: only threads whose id hashes to i mod N (0-based)")
     p.add_argument("--buckets", type=int, help="temporary partitions (default: ~128 MB of JSON each)")
     p.add_argument("--tmp_dir", help="folder for the temporary bucket files (default: the output folder)")
+    p.add_argument("--keep_threads", action="store_true",
+                   help="keep this run's threads (cleaned records, about a fifth of the raw JSON) in OUT_DIR/threads/, "
+                        "so that a later --append continues the threads that go on in the new dumps")
     args = p.parse_args(argv)
     i, _, n = args.shard.partition("/")
     if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
@@ -117,6 +129,7 @@ def parse_args(argv=None):
     block = Path(block[1:]).read_text().split() if block.startswith("@") else block.split(",")
     args.block = {s.strip().lower() for s in block if s.strip()}
     args.after_t, args.before_t = timestamp(args.after, -math.inf), timestamp(args.before, math.inf)
+    args.store_in = args.store_out = None  # the thread store's folders: main() sets them
     return args
 
 
@@ -334,9 +347,37 @@ def thread_dialogues(link, submission, comments, counts):
 
 
 def bucket_dialogues(path):
-    counts, dialogues = Counter(), []
-    if not path.exists():  # no thread hashed here
-        return dialogues, counts
+    """One bucket's threads -> Dialogues. With a thread store (--keep_threads, then --append), a
+    thread that began in earlier dumps is continued: its old records join the new ones, and only
+    the dialogues that the earlier run did not already emit come out. The threads of this run,
+    old records included, are what the store then keeps."""
+    counts, dialogues, kept = Counter(), [], []
+    threads = read_bucket(path) if path.exists() else {}  # none hashed here, maybe
+    path.unlink(missing_ok=True)  # free the disk as we go
+    stored = ARGS.store_in / path.name if ARGS.store_in else None
+    old = read_bucket(stored) if stored and stored.exists() else {}
+    for link in sorted(threads):
+        submission, comments = threads[link]
+        done = set()
+        if link in old:
+            old_submission, old_comments = old[link]
+            done = {(tuple(d.turns), d.context) for d in thread_dialogues(link, old_submission, old_comments, Counter())}
+            submission = max(filter(None, (old_submission, submission)), default=None)
+            comments = {**old_comments, **{c: max(old_comments.get(c, r), r) for c, r in comments.items()}}
+        kept += [submission] * bool(submission) + list(comments.values())
+        if not comments:
+            continue
+        if submission and submission[2] and not ARGS.nsfw:
+            counts["dropped: over_18 threads"] += 1
+        else:
+            counts["threads"] += 1
+            dialogues += [d for d in thread_dialogues(link, submission, comments, counts)
+                          if (tuple(d.turns), d.context) not in done]
+    if ARGS.store_out and kept:
+        with open(ARGS.store_out / path.name, "wb") as f:
+            f.write(zstandard.ZstdCompressor(level=3).compress(
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept).encode()))
+    return dialogues, counts
     threads = read_bucket(path)
     path.unlink()  # free the disk as we go
     for link in sorted(threads):
@@ -417,6 +458,8 @@ def read_dialogues(paths, report):
         report.counts.update(counts)
         yield from dialogues
     shutil.rmtree(tmp, ignore_errors=True)
+    if ARGS.store_out:  # complete: main() may put it in place once the shards are
+        (ARGS.store_out / STORE_INFO).write_text(json.dumps({"buckets": ARGS.buckets, "shard": ARGS.shard}))
 
 
 def main(argv=None):
@@ -432,12 +475,31 @@ def main(argv=None):
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent)
     out_dir.mkdir(parents=True, exist_ok=True)
     args.tmp_root = tempfile.mkdtemp(prefix=".reddit-tmp-", dir=args.tmp_dir or out_dir)
+    store = out_dir / "threads"
+    args.store_in = store if args.append and (store / STORE_INFO).exists() else None
+    args.store_out = out_dir / "threads.new" if args.keep_threads or args.store_in else None
+    if args.store_in:  # the threads go on in the buckets they were in
+        info = json.loads((store / STORE_INFO).read_text())
+        if info["shard"] != args.shard:
+            sys.exit(f"error: {out_dir} holds --shard {info['shard']}'s threads, not {args.shard}'s")
+        args.buckets = info["buckets"]
+    if args.store_out:
+        shutil.rmtree(args.store_out, ignore_errors=True)  # left by an interrupted run
+        args.store_out.mkdir()
     # tokens are encoded in this process: parsing is the bottleneck, and no second pool of chat's
     # is then forked beside ours (fork beside another pool's threads risks deadlocks)
     try:
-        return prepare(argparse.Namespace(**{**vars(args), "workers": 1}), read_dialogues, __file__, PATTERNS)
+        meta = prepare(argparse.Namespace(**{**vars(args), "workers": 1}), read_dialogues, __file__, PATTERNS)
+        if args.store_out and (args.store_out / STORE_INFO).exists():  # this run's threads, for the next --append
+            shutil.rmtree(store, ignore_errors=True)
+            os.replace(args.store_out, store)
+        elif not args.append:  # the dataset was made anew: an old store no longer matches it
+            shutil.rmtree(store, ignore_errors=True)
+        return meta
     finally:
         shutil.rmtree(args.tmp_root, ignore_errors=True)
+        if args.store_out:
+            shutil.rmtree(args.store_out, ignore_errors=True)
 
 
 if __name__ == "__main__":
