@@ -378,18 +378,6 @@ def bucket_dialogues(path):
             f.write(zstandard.ZstdCompressor(level=3).compress(
                 "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept).encode()))
     return dialogues, counts
-    threads = read_bucket(path)
-    path.unlink()  # free the disk as we go
-    for link in sorted(threads):
-        submission, comments = threads[link]
-        if not comments:
-            continue
-        if submission and submission[2] and not ARGS.nsfw:
-            counts["dropped: over_18 threads"] += 1
-        else:
-            counts["threads"] += 1
-            dialogues += thread_dialogues(link, submission, comments, counts)
-    return dialogues, counts
 
 # -----------------------------------------------------------------------------
 # the driver
