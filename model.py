@@ -193,7 +193,7 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas):
         # Decay only the matrices (Linear weights, embeddings); biases and LayerNorm gains are not
         # decayed: pulling them toward zero only hurts.
         params = [p for p in self.parameters() if p.requires_grad]
@@ -201,7 +201,7 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        # the fused CUDA kernel does the whole update in one launch instead of one per tensor
+        # the fused kernel does the whole update at once, not op by op over every tensor
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
 
     def flops_per_token(self):

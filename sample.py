@@ -104,6 +104,11 @@ def show(text, shown, final):
     return max(shown, len(text))
 
 
+def chat_prompt(turns, persona):
+    """The prompt for B's next turn, leaving room for the reply; the oldest whole turns go first."""
+    return chat.reply_prompt(tok, turns, persona, max(block_size - max_new_tokens, block_size // 2))
+
+
 def chat_loop():
     global temperature, top_k, top_p
     tty = sys.stdin.isatty()
@@ -139,8 +144,7 @@ def chat_loop():
         if not tty:
             print(f'A: {line}')
         history.append(line)
-        # leave room for the reply; the oldest whole turns go first
-        prompt = chat.reply_prompt(tok, history, persona, max(block_size - max_new_tokens, block_size // 2))
+        prompt = chat_prompt(history, persona)
         print('B:', end='', flush=True)
         try:
             reply = complete(prompt, stream=True)[0]
@@ -167,8 +171,7 @@ def serve_chat(port):
                     raise ValueError('"turns" must be a list of strings, A\'s first and A\'s last')
             except (ValueError, AttributeError) as e:  # bad JSON is a ValueError too
                 return self.answer(400, {'error': str(e)})
-            prompt = chat.reply_prompt(tok, turns, request.get('context', persona),
-                                       max(block_size - max_new_tokens, block_size // 2))
+            prompt = chat_prompt(turns, request.get('context', persona))
             self.answer(200, {'reply': chat.normalize(complete(prompt)[0])})
 
         def answer(self, status, body):

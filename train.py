@@ -287,7 +287,7 @@ if fsdp:
     for block in model.transformer.h:
         fully_shard(block)  # each block's weights are gathered for its forward and backward only
     fully_shard(model)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')  # float16 gradients underflow unscaled
 raw_model = model  # no compile or DDP wrapper: its state_dict has plain names
 if resume:
@@ -525,21 +525,21 @@ while True:
     batches = []
     for micro in range(accum_steps):
         x, y, roles = get_batch('train', iter_num, rank + micro * world_size)
-        batches.append((x, y.masked_fill(~train_mask(y, roles), -1)))
-    n_trained = sum((y != -1).sum() for _, y in batches).float()
+        y = y.masked_fill(~train_mask(y, roles), -1)
+        batches.append((x, y, (y != -1).sum()))  # and the count of its trained targets
+    n_trained = sum(n for _, _, n in batches).float()
     if ddp:
         dist.all_reduce(n_trained)
     n_trained.clamp_(min=1)
     loss_sum = torch.zeros((), device=device)
-    for micro, (x, y) in enumerate(batches):
+    for micro, (x, y, n) in enumerate(batches):
         last = micro == accum_steps - 1  # DDP/FSDP average the gradients over the ranks once, after it
         if fsdp:
             model.set_requires_gradient_sync(last)
         with ddp_model.no_sync() if ddp and not fsdp and not last else nullcontext():
             with ctx:
                 _, loss = ddp_model(x, y)  # the mean over this micro-batch's trained targets
-            n = (y != -1).sum()
-            loss = torch.where(n > 0, loss * n, 0.0)  # their sum; none (a NaN mean) adds nothing
+            loss = loss * n  # their sum (lm_head_loss's mean over none is 0)
             if faults.get('nan') == iter_num + 1 and rank == world_size - 1 and micro == 0:
                 loss = loss * float('nan')
             scaler.scale(loss * world_size / n_trained).backward()  # x world_size undoes that average

@@ -37,7 +37,7 @@ def make_step(shape, batch_size, dtype, nanogpt=False, compile=False, checkpoint
     torch.manual_seed(0)
     model = GPT(GPTConfig(dropout=0.0, bias=False, **shape))
     model.activation_checkpointing = checkpointing
-    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99))
     if nanogpt:
         # eval mode is where model.py still builds the full logits and calls F.cross_entropy, as
         # nanoGPT does in training (dropout is 0, so nothing else changes)

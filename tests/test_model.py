@@ -86,7 +86,7 @@ def test_params_flops_optimizer():
     n = model.num_params()
     assert n == model.num_params(non_embedding=False) - cfg.block_size * cfg.n_embd
     assert model.flops_per_token() == 6 * n + 12 * 2 * 2 * 16 * 16
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])

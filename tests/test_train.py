@@ -258,7 +258,7 @@ def test_masked_loss_is_normalised_over_the_global_batch(tmp_path):
     def step(per_micro_mean):
         torch.manual_seed(1337)
         model = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False))
-        opt = model.configure_optimizers(0.1, 3e-3, (0.9, 0.99), "cpu")
+        opt = model.configure_optimizers(0.1, 3e-3, (0.9, 0.99))
         model.eval()  # where forward gives every position's logits (dropout is 0 anyway)
         sums, counts = [], []
         for micro in range(4):  # train.py's batch recipe

@@ -261,6 +261,20 @@ def parse_batch(batch):
 # pass 2 (in workers): one bucket's threads -> dialogues
 
 
+def add_record(thread, rec):
+    """Into thread, [submission record or None, {comment id: record}]: a comment or submission
+    seen more than once is kept once, the largest record, so the choice is deterministic."""
+    if rec[0] == "s":
+        thread[0] = max(thread[0] or rec, rec)
+    else:
+        thread[1][rec[2]] = max(thread[1].get(rec[2], rec), rec)
+
+
+def thread_records(thread):
+    submission, comments = thread
+    return [submission] * bool(submission) + list(comments.values())
+
+
 def read_bucket(path):
     """{link_id: [submission record or None, {comment id: record}]}; a comment or submission
     found in several inputs is kept once (the largest record, so the choice is deterministic)."""
@@ -272,11 +286,7 @@ def read_bucket(path):
             rest = lines.pop()
             for line in lines:
                 rec = json.loads(line)
-                thread = threads[rec[1]]
-                if rec[0] == "s":
-                    thread[0] = max(thread[0] or rec, rec)
-                else:
-                    thread[1][rec[2]] = max(thread[1].get(rec[2], rec), rec)
+                add_record(threads[rec[1]], rec)
     return threads
 
 
@@ -357,14 +367,14 @@ def bucket_dialogues(path):
     stored = ARGS.store_in / path.name if ARGS.store_in else None
     old = read_bucket(stored) if stored and stored.exists() else {}
     for link in sorted(threads):
-        submission, comments = threads[link]
-        done = set()
-        if link in old:
-            old_submission, old_comments = old[link]
-            done = {(tuple(d.turns), d.context) for d in thread_dialogues(link, old_submission, old_comments, Counter())}
-            submission = max(filter(None, (old_submission, submission)), default=None)
-            comments = {**old_comments, **{c: max(old_comments.get(c, r), r) for c, r in comments.items()}}
-        kept += [submission] * bool(submission) + list(comments.values())
+        thread, done = threads[link], set()
+        if link in old:  # the earlier run's dialogues of this thread, then the thread whole
+            done = {(tuple(d.turns), d.context) for d in thread_dialogues(link, *old[link], Counter())}
+            for rec in thread_records(thread):
+                add_record(old[link], rec)
+            thread = old[link]
+        kept += thread_records(thread)
+        submission, comments = thread
         if not comments:
             continue
         if submission and submission[2] and not ARGS.nsfw:
