@@ -21,8 +21,13 @@ def shared_file(*parts):
 
 
 @pytest.fixture
-def gpt2():
+def tiktoken_vocab():
+    """tiktoken's vocab files (GPT-2, cl100k, ...) from ../shared, or skip: tests never download."""
     if not (SHARED / "tiktoken_cache").is_dir():
-        pytest.skip("../shared/tiktoken_cache not found (GPT-2 vocab is needed offline)")
+        pytest.skip("../shared/tiktoken_cache not found (tiktoken's vocab files are needed offline)")
+
+
+@pytest.fixture
+def gpt2(tiktoken_vocab):
     import chat
     return chat.load_tokenizer("gpt2")

@@ -101,7 +101,7 @@ def test_userchat_text_matches_the_json_source(tmp_path, taskmaster, convert):
     assert "A: Can I get an mocha for Jean?\n\n\nB: Okay I'll get right on that" in decoded(tmp_path / "text")[0]
 
 
-def test_userchat_line_breaks_and_renamed_agent(tmp_path):
+def test_userchat_line_breaks_and_renamed_agent(tmp_path, tiktoken_vocab):
     (tmp_path / "a.txt").write_text("User: hello\nthere\n\nJade: hi |br| how are you?<|endoftext|>User: x<|endoftext|>")
     (tmp_path / "b.txt").write_text("What is your name?\n|aigenerationstart| Jade. |br| And yours? |endofgeneration|\n")
     prepare("userchat", tmp_path / "a.txt", tmp_path / "b.txt", "--agent_label", "Jade", "--out_dir", tmp_path / "d",
@@ -287,7 +287,7 @@ def test_merge_refuses_different_tokenizers(tmp_path):
     assert (tmp_path / "m" / "train.bin").read_bytes() == train + train
 
 
-def test_bad_input_is_counted_and_located_never_fatal(tmp_path):
+def test_bad_input_is_counted_and_located_never_fatal(tmp_path, tiktoken_vocab):
     path = tmp_path / "bad.jsonl"
     with open(path, "wb") as f:
         f.write(b'["hello", "hi there"]\n')                    # 1 fine

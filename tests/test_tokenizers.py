@@ -101,14 +101,14 @@ def test_cl100k_dataset_is_uint32(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["p50k_base", "r50k_base", "cl100k_base"])
-def test_tiktoken_encodings_by_name(name):
+def test_tiktoken_encodings_by_name(name, tiktoken_vocab):
     tok = chat.load_tokenizer(name)
     assert tok.decode(tok.encode(TRICKY)) == TRICKY and tok.eot not in tok.encode(TRICKY)
     assert tok.encode_array(TRICKY).tolist() == tok.encode(TRICKY)
     assert chat.token_dtype(tok.vocab_size) == ("uint32" if name == "cl100k_base" else "uint16")
 
 
-def test_text_pieces_encode_like_the_whole_with_cl100k():
+def test_text_pieces_encode_like_the_whole_with_cl100k(tiktoken_vocab):
     tok = chat.load_tokenizer("cl100k_base")
     src = shared_file("tinyshakespeare", "input.txt")
     pieces = list(chat.read_text(src, chat.Report(), piece_bytes=50_000))
