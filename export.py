@@ -12,29 +12,16 @@ $ python export.py --out_dir=out-xl --to=out-xl/full.pt
 """
 import json
 import os
-import tempfile
 
 import torch
 
-from model import GPT, load_checkpoint
+import checkpoint
+from model import GPT
 
 out_dir = 'out'
 init_from = 'resume'  # out_dir/ckpt.pt, or the path of a checkpoint (e.g. out/best.pt)
 to = 'hf'  # the folder to write; a path ending in .pt: one train.py checkpoint file instead
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-
-
-def gather_shards(ckpt, path):
-    """A sharded checkpoint's weights and AdamW state, put into ckpt as a one-file checkpoint has them."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-    with tempfile.TemporaryDirectory() as tmp:
-        dcp_to_torch_save(os.path.join(os.path.dirname(path), ckpt.pop('shards')), os.path.join(tmp, 'full.pt'))
-        ckpt.update(load_checkpoint(os.path.join(tmp, 'full.pt')))
-    # the shards key AdamW's state by parameter name; torch.optim by position
-    groups = ckpt['optimizer']['param_groups']
-    position = {name: i for i, name in enumerate(name for g in groups for name in g['params'])}
-    ckpt['optimizer'] = {'state': {position[k]: v for k, v in ckpt['optimizer']['state'].items()},
-                         'param_groups': [{**g, 'params': [position[k] for k in g['params']]} for g in groups]}
 
 
 def write_hf(ckpt):
@@ -67,9 +54,9 @@ def write_hf(ckpt):
 
 
 path = os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from
-ckpt = load_checkpoint(path)
+ckpt = checkpoint.load(path)
 if 'shards' in ckpt:
-    gather_shards(ckpt, path)
+    checkpoint.gather_shards(ckpt, path)
 if to.endswith('.pt'):
     torch.save(ckpt, to)
     print(f"wrote {to}: iter {ckpt['iter_num']} of {path} as one file")

@@ -9,13 +9,13 @@ inputs (so a later --append skips them) and refuses datasets that a cat would si
 different tokenizers or text formats. The train/val split settings of the first dataset are kept
 for later --append runs.
 """
-import os
 import shutil
 import sys
 from collections import Counter
 from pathlib import Path
 
 import chat
+from shards import recover
 
 FORMAT_KEYS = ("format_version", "labels", "context_label", "separator")
 
@@ -40,25 +40,20 @@ def merge(out_dir, in_dirs):
         if any(m[k] != metas[0][k] for k in FORMAT_KEYS):
             sys.exit(f"error: {d} and {in_dirs[0]} render dialogues differently ({', '.join(FORMAT_KEYS)})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    chat.recover(out_dir)
+    recover(out_dir)
     (out_dir / "meta.json").unlink(missing_ok=True)  # no complete-looking dataset until the end
+    sources = {name: [Path(d) / name for d in in_dirs] for s in chat.SPLITS for name in (f"{s}.bin", f"{s}.roles")}
     if specs[0]["kind"] == "bpe":
-        shutil.copyfile(Path(in_dirs[0]) / specs[0]["path"], out_dir / (specs[0]["path"] + ".tmp"))
-        os.replace(out_dir / (specs[0]["path"] + ".tmp"), out_dir / specs[0]["path"])
-    for s in chat.SPLITS:
-        for ext in ("bin", "roles"):
-            tmp = out_dir / f"{s}.{ext}.tmp"
-            with open(tmp, "wb") as dst:
-                for d in in_dirs:
-                    with open(Path(d) / f"{s}.{ext}", "rb") as src:
-                        shutil.copyfileobj(src, dst, 1 << 24)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(tmp, out_dir / f"{s}.{ext}")
+        sources[specs[0]["path"]] = [Path(in_dirs[0]) / specs[0]["path"]]
+    for name, paths in sources.items():
+        with chat.atomic_write(out_dir / name) as dst:
+            for path in paths:
+                with open(path, "rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 24)
     meta = dict(metas[0], tokenizer=specs[0], inputs=[i for m in metas for i in m["inputs"]])
     meta["counts"] = {s: dict(sum((Counter(m["counts"][s]) for m in metas), Counter())) for s in chat.SPLITS}
     meta["report"] = dict(sum((Counter(m["report"]) for m in metas), Counter()))
-    chat.write_json_atomic(out_dir / "meta.json", meta)
+    chat.write_json(out_dir / "meta.json", meta)
     return meta
 
 

@@ -1,9 +1,8 @@
 """
 The GPT: a GPT-2 shaped decoder-only transformer, its KV cache and sampling loop, GPT-2 weight
-import/export (HF layout) and the FLOPs count used for MFU. Knows nothing of files beyond
-checkpoints and weights, and nothing of dialogue.
+import/export (HF layout) and the FLOPs count used for MFU. The model and nothing else: no
+files beyond GPT-2 weights, no dialogue, no device or dtype policy (machine.py).
 """
-import ctypes
 import json
 import math
 import os
@@ -257,16 +256,15 @@ class GPT(nn.Module):
         these one-row matmuls and bf16 autocast casts the weights once, not every token. On the
         2-core dev CPU (1 thread): ~1.6x eager for a 4x128 model, 2x for GPT-2 124M in fp32, after
         a compile of 10-75 s (seconds once inductor's cache is warm). For sampling only: weights
-        changed later are not seen, and freezing is a global inductor setting (it applies to any
-        graph compiled without grad, e.g. a compiled eval during training)."""
-        torch._inductor.config.freezing = True
-        self._decode = torch.compile(self.forward, dynamic=True, mode="max-autotune-no-cudagraphs")
+        changed later are not seen."""
+        options = {"freezing": True, "max_autotune": True, "coordinate_descent_tuning": True}  # no CUDA graphs
+        self._decode = torch.compile(self.forward, dynamic=True, options=options)
 
     # ------------------------------------------------------------------------ checkpoints, GPT-2
 
     @classmethod
     def from_checkpoint(cls, ckpt):
-        """Build the model a train.py checkpoint (as loaded by load_checkpoint) describes."""
+        """Build the model a train.py checkpoint (as checkpoint.load returns it) describes."""
         model = cls(GPTConfig(**ckpt["model_args"]))
         prefix = "_orig_mod."  # torch.compile's wrapper, in case a state dict was saved through it
         state = {k.removeprefix(prefix): v for k, v in ckpt["model"].items()}
@@ -417,47 +415,3 @@ def sample_next(logits, context, temperature=1.0, top_k=None, top_p=None, repeti
     u = torch.rand(cdf.size(0), 1, dtype=cdf.dtype, device=cdf.device, generator=generator)
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     return token[:, 0] if candidates is None else candidates.gather(1, token)[:, 0]
-
-
-def load_checkpoint(path, device="cpu"):
-    """torch.load a checkpoint (tensors and plain Python only), naming the file if that fails."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {path}") from None
-    except Exception as e:
-        raise RuntimeError(f"could not load checkpoint {path}: {e}") from e
-
-
-def default_device():
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def keep_freed_memory():
-    """Have glibc keep freed memory for reuse instead of handing it back to the OS. By default
-    every block over 32 MB (logits, activations) is unmapped when freed, and the next training
-    step page-faults it all back in: ~10-15% of a CPU step for the 6 x 384 GPT-2-vocab model
-    (what jemalloc/tcmalloc fix for PyTorch on CPU). The training loop's memory is steady, so
-    the heap stops growing after the first step. A no-op where libc is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    libc.mallopt(M_MMAP_MAX, 0)  # no mmap: big blocks come from the heap too
-    libc.mallopt(M_TRIM_THRESHOLD, 2**62)  # and the heap is never trimmed
-
-
-def default_dtype(device):
-    """'bfloat16' where the hardware computes it natively (recent GPUs, CPUs with AVX512-BF16 or
-    AMX), 'float16' on older CUDA GPUs (train.py pairs it with a GradScaler), else 'float32'."""
-    kind = device.split(":")[0]
-    if kind == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if kind == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "bfloat16"
-    return "float32"

@@ -12,12 +12,13 @@ and the model's turn ends where training turns end: at the separator or at end-o
 import json
 import os
 import sys
-from contextlib import nullcontext
 
 import torch
 
 import chat
-from model import GPT, default_device, default_dtype, load_checkpoint
+import checkpoint
+from machine import autocast, default_device, default_dtype
+from model import GPT
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'            # where train.py wrote ckpt.pt
@@ -32,7 +33,7 @@ top_p = 0.95               # 1.0 or None = off
 repetition_penalty = 1.0
 seed = 1337
 device = default_device()
-dtype = None               # default: bf16/fp16 on GPUs; fp32 on CPUs (bf16 autocast generates 2x slower there)
+dtype = None               # default: bf16/fp16 on GPUs, fp32 on CPUs (see machine.py)
 compile = False
 interactive = False
 kv_cache = True
@@ -42,13 +43,13 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 # -----------------------------------------------------------------------------
 
 device_type = device.split(':')[0]
-dtype = dtype or ('float32' if device_type == 'cpu' else default_dtype(device))
+dtype = dtype or default_dtype(device, generating=True)
 torch.manual_seed(seed)
 generator = torch.Generator(device=device).manual_seed(seed)
-autocast = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type, getattr(torch, dtype))
+ctx = autocast(device_type, dtype)
 
 if init_from == 'resume' or init_from.endswith('.pt'):
-    ckpt = load_checkpoint(init_from if init_from.endswith('.pt') else os.path.join(out_dir, 'ckpt.pt'), device)
+    ckpt = checkpoint.load(init_from if init_from.endswith('.pt') else os.path.join(out_dir, 'ckpt.pt'), device)
     model = GPT.from_checkpoint(ckpt)
     tok = chat.load_tokenizer(ckpt['meta'])
 else:  # OpenAI's GPT-2 or a local Hugging Face GPT-2 folder
@@ -65,43 +66,28 @@ def from_file(text):
 
 
 def complete(prompt, n=1, stream=False, until_turn_end=True):
-    """n continuations of the prompt (token ids). With until_turn_end each stops at the end of the
-    turn (separator in the decoded text, or eot). Row 0 is printed as it comes when stream."""
+    """n continuations of the prompt (token ids): each the model's turn (chat.Reply) when
+    until_turn_end, else max_new_tokens long. Row 0 is printed as it comes when stream."""
     x = torch.tensor([prompt] * n, dtype=torch.long, device=device)
-    rows, done, shown = [[] for _ in range(n)], [False] * n, 0
-    with torch.no_grad(), autocast:
+    replies, rows, shown = [chat.Reply(tok) for _ in range(n)], [[] for _ in range(n)], 0
+    with torch.no_grad(), ctx:
         for column in model.generate(x, max_new_tokens, temperature, top_k or None, top_p or None,
                                      repetition_penalty, kv_cache=kv_cache, generator=generator):
             for i, token in enumerate(column.tolist()):
-                if done[i]:
-                    continue
-                if until_turn_end and token == tok.eot:
-                    done[i] = True
-                    continue
-                rows[i].append(token)
-                done[i] = until_turn_end and chat.end_of_reply(tok.decode(rows[i][-8:])) is not None
-            if stream:
-                shown = show(tok.decode(rows[0]), shown, False)
-            if all(done):
+                if until_turn_end:
+                    replies[i].add(token)
+                else:
+                    rows[i].append(token)
+            if stream:  # what is printed is never taken back: no half characters
+                text = replies[0].text if until_turn_end else tok.decode(rows[0]).rstrip('\ufffd')
+                print(text[shown:], end='', flush=True)
+                shown = len(text)
+            if until_turn_end and all(reply.done for reply in replies):
                 break
-    texts = [tok.decode(r) for r in rows]
-    if until_turn_end:
-        texts = [t[:chat.end_of_reply(t)] if chat.end_of_reply(t) is not None else t for t in texts]
+    texts = [reply.text for reply in replies] if until_turn_end else [tok.decode(row) for row in rows]
     if stream:
-        show(texts[0], shown, True)
+        print(texts[0][shown:], flush=True)
     return texts
-
-
-def show(text, shown, final):
-    """Print the part of text not printed yet, holding back what may still turn into the separator
-    or is half a UTF-8 character."""
-    if not final:
-        text = text.rstrip('\n\ufffd')
-    else:
-        end = chat.end_of_reply(text)
-        text = (text if end is None else text[:end]).rstrip()
-    print(text[shown:], end='\n' if final else '', flush=True)
-    return max(shown, len(text))
 
 
 def chat_prompt(turns, persona):

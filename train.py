@@ -1,14 +1,12 @@
 """
 Train a chat GPT on a prepared dataset (data/<name>/, written by a data/<name>/prepare.py), or on a
 weighted mixture of several. The settings are the globals below, overridden by config/*.py files
-and --key=value (see configurator.py). Checkpoints go to out_dir/ckpt.pt (always the latest, written
-atomically) with ckpt_<iter>.pt and best.pt beside it.
+and --key=value (see configurator.py). Checkpoints: out_dir/ckpt.pt, the latest (checkpoint.py).
 
-Exact resume: every batch, and its dropout masks, come from (seed, iteration, micro-step) alone,
-so a checkpoint needs no data position or RNG state: --init_from=resume (or auto) after a crash, a
-SIGKILL, or on another number of ranks draws exactly the batches the run would have drawn, and on
-CPU in float32 ends bit-identical to a run that never stopped. SIGTERM (preemption) and Ctrl-C
-finish the step, save a checkpoint and exit; rerun the same command with --init_from=auto.
+Exact resume: every batch, and its dropout masks, come from (seed, iteration, micro-step) alone, so
+--init_from=resume (or auto) after a crash, a SIGKILL, or on another number of ranks draws exactly
+the batches the run would have drawn (on CPU in float32: bit-identical to a run that never stopped).
+SIGTERM (preemption) and Ctrl-C finish the step, save and exit; rerun with --init_from=auto.
 
 One process (CPU, one GPU, a Mac):
 $ python train.py config/train_chat_char.py --batch_size=32
@@ -19,10 +17,9 @@ $ torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --
 A model too big for DDP (weights, gradients and AdamW state on every GPU), e.g. GPT-2 XL on 24 GB cards:
 $ torchrun --standalone --nproc_per_node=4 train.py config/finetune_chat.py --init_from=gpt2-xl --fsdp
 """
+
 import math
 import os
-import re
-import shutil
 import signal
 import sys
 import time
@@ -32,14 +29,14 @@ from dataclasses import asdict
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import chat
-from model import GPT, GPTConfig, default_device, default_dtype, keep_freed_memory, load_checkpoint
+import checkpoint
+from machine import DTYPES, autocast, default_device, default_dtype, join_torchrun, peak_flops, tune_process
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # default config: a small char-level model that trains on a laptop CPU
@@ -104,7 +101,6 @@ device = None  # 'cpu', 'cuda', 'cuda:1', 'mps'; None: the best there is (cuda >
 dtype = None  # 'float32', 'bfloat16', 'float16'; None: bfloat16 where the hardware has it
 compile = None  # torch.compile the model; None: on CUDA only (a CPU run rarely earns back the warmup)
 seed = 1337
-fault = ''  # tests: 'kill:K' SIGKILL after iteration K, 'term:K' SIGTERM to rank 0, 'nan:K' NaN loss on the last rank
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 device = device or default_device()
@@ -112,28 +108,25 @@ device_type = device.split(':')[0]
 dtype = dtype or default_dtype(device)
 backend = backend or ('nccl' if device_type == 'cuda' else 'gloo')
 compile = device_type == 'cuda' if compile is None else compile
-if device_type == 'cpu':
-    keep_freed_memory()
-faults = {kind: int(k) for kind, k in (f.split(':') for f in fault.split(',') if f)}
 if train_on not in ('all', 'B', 'replies'):
     sys.exit(f"train_on must be 'all', 'B' or 'replies', not {train_on!r}")
+if dtype not in DTYPES:
+    sys.exit(f"dtype must be 'float32', 'bfloat16' or 'float16', not {dtype!r}")
 if device_type == 'cpu' and dtype == 'float16':
     print("warning: float16 on a CPU has no fast kernels (slower than float32): use bfloat16 or float32")
 if fsdp and ('RANK' not in os.environ or dtype == 'float16'):
     sys.exit("fsdp shards over the ranks of a torchrun launch (--nproc_per_node=1 is one), in bfloat16 or float32")
+# tests only, never a setting: 'kill:K' SIGKILL after iter K, 'term:K' SIGTERM to rank 0, 'nan:K' NaN loss at K
+faults = {kind: int(k) for kind, k in (f.split(':') for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f)}
 # -----------------------------------------------------------------------------
 
 ddp = 'RANK' in os.environ  # launched by torchrun
-rank, local_rank, world_size = (int(os.environ.get(k, d)) for k, d in
-                                (('RANK', 0), ('LOCAL_RANK', 0), ('WORLD_SIZE', 1)))
+rank, local_rank, world_size = (int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('LOCAL_RANK', 0), ('WORLD_SIZE', 1)))
 if gradient_accumulation_steps % world_size:
     sys.exit(f"gradient_accumulation_steps={gradient_accumulation_steps} counts the micro-steps of all ranks "
              f"together: it must be a multiple of the world size {world_size}" if rank == 0 else 1)
 if ddp:
-    if device_type == 'cuda':
-        device = f'cuda:{local_rank}'
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend, device_id=torch.device(device) if device_type == 'cuda' else None)
+    device = join_torchrun(device, backend, local_rank)
 master = rank == 0
 accum_steps = gradient_accumulation_steps // world_size  # this rank's micro-steps per step
 
@@ -153,45 +146,13 @@ def finish(code=0, message=None):
 
 if master:
     os.makedirs(out_dir, exist_ok=True)
-if device_type == 'cuda':
-    torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores
-    torch.backends.cudnn.allow_tf32 = True
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}.get(dtype)
-if ptdtype is None:
-    sys.exit(f"dtype must be 'float32', 'bfloat16' or 'float16', not {dtype!r}")
-ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=ptdtype)
+tune_process(device_type)
+ctx = autocast(device_type, dtype)
 
-# data: the token and role memmaps of both splits of each dataset (name[:weight], comma-separated)
-names, weights = [], []
-for part in dataset.split(','):
-    name, colon, weight = part.rpartition(':')
-    names.append(name if colon else part)
-    try:
-        weights.append(float(weight) if colon else 1.0)
-    except ValueError:
-        sys.exit(f"dataset {part!r}: the weight after ':' must be a number")
-
-
-def data_dir(name):  # a folder under data/, or a path
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name)
-    return path if os.path.isdir(path) else name
-
-
-data_dirs = [data_dir(n) for n in names]
-metas = [chat.load_meta(d) for d in data_dirs]
-meta = metas[0]  # the one checkpoints keep: sample.py rebuilds the tokenizer from it
-
-
-def tokenizer_of(meta):  # what must match between datasets, or a checkpoint and its new data
-    return chat.tokenizer_key(meta['tokenizer'])
-
-
-for d, m in zip(data_dirs, metas):
-    if tokenizer_of(m) != tokenizer_of(meta):
-        sys.exit(f"error: {data_dirs[0]} and {d} were encoded with different tokenizers "
-                 f"({meta['tokenizer']['kind']} vs {m['tokenizer']['kind']}): a mixture needs one")
-splits = [{s: chat.open_split(d, s, m) for s in ('train', 'val')} for d, m in zip(data_dirs, metas)]
-mix = torch.tensor(weights)
+# data: the token and role memmaps of both splits of each dataset of the mixture
+datasets = chat.open_datasets(dataset, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data'))
+meta = datasets[0].meta  # the one checkpoints keep: sample.py rebuilds the tokenizer from it
+mix = torch.tensor([d.weight for d in datasets])
 eot = meta['eot']
 
 
@@ -202,7 +163,7 @@ def get_batch(split, step, micro, source=None):
     resumed run, or one spread over another number of ranks, draws exactly the same. source picks
     the dataset instead of the weights (evaluation)."""
     torch.manual_seed(hash((seed, split == 'val', step, micro)))  # int tuples hash the same everywhere
-    tokens, roles = splits[torch.multinomial(mix, 1).item() if source is None else source][split]
+    tokens, roles = datasets[torch.multinomial(mix, 1).item() if source is None else source].splits[split]
     ix = torch.randint(len(tokens) - block_size, (batch_size,)).tolist()
     xy = torch.from_numpy(np.stack([tokens[i:i + block_size + 1] for i in ix]).astype(np.int64))
     r = torch.from_numpy(np.stack([roles[i + 1:i + block_size + 1] for i in ix]))
@@ -232,15 +193,7 @@ if init_from.startswith('auto'):  # rerunning the same command continues the run
 resume = init_from == 'resume'
 if resume or os.path.isfile(init_from):  # one of our checkpoints
     ckpt_path = os.path.join(out_dir, 'ckpt.pt') if resume else init_from
-    try:
-        ckpt = load_checkpoint(ckpt_path)
-    except (FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
-    if tokenizer_of(ckpt['meta']) != tokenizer_of(meta):
-        sys.exit(f"error: {ckpt_path} was trained on another tokenizer than {data_dirs[0]}'s")
-    if 'shards' in ckpt and not resume:
-        sys.exit(f"error: {ckpt_path} is sharded: make it one file (python export.py --init_from={ckpt_path} "
-                 f"--to=one.pt) and start from that")
+    ckpt = checkpoint.load_start(ckpt_path, datasets[0], resume, fsdp)
     # its architecture, whatever the config says; dropout is a training choice. Shards are read
     # below, once the model is laid out (sharded or not) as this run lays it out
     ckpt['model_args'] = {**ckpt['model_args'], 'dropout': dropout}
@@ -259,28 +212,21 @@ if not resume:  # a new run: the weights fit our block_size
 model.activation_checkpointing = activation_checkpointing
 model_args = asdict(model.config)
 if meta['vocab_size'] > model_args['vocab_size']:
-    sys.exit(f"{data_dirs[0]} has {meta['vocab_size']} token ids; the model only {model_args['vocab_size']}")
+    sys.exit(f"{datasets[0].dir} has {meta['vocab_size']} token ids; the model only {model_args['vocab_size']}")
 # the architecture trained is the checkpoint's or GPT-2's: record it, and batch with its block_size
 globals().update({k: v for k, v in model_args.items() if k in config_keys})
 config = {k: globals()[k] for k in config_keys}
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
-for d, s in zip(data_dirs, splits):
-    for split, (tokens, _) in s.items():
+for d in datasets:
+    for split, (tokens, _) in d.splits.items():
         if len(tokens) <= block_size:
-            sys.exit(f"{d}/{split}.bin has {len(tokens)} tokens: fewer than block_size + 1 = {block_size + 1}")
-train_tokens = {n: len(s['train'][0]) for n, s in zip(names, splits)}
+            sys.exit(f"{d.dir}/{split}.bin has {len(tokens)} tokens: fewer than block_size + 1 = {block_size + 1}")
+train_tokens = {d.name: len(d.splits['train'][0]) for d in datasets}
 schedule_from = schedule_start if schedule_start is not None else ckpt.get('schedule_start', 0) if resume else 0
 if resume:
     iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
-    old = ckpt['config']
-    changes = [f"world size {ckpt['world_size']} -> {world_size}"] * (ckpt.get('world_size', world_size) != world_size)
-    for k, v in user_config.items():
-        if k != 'init_from' and old.get(k, v) != v:
-            arch = k in model_args and k != 'dropout'
-            changes.append(f"{k} stays the checkpoint's {old[k]!r}, not {v!r}" if arch else f"{k} {old[k]!r} -> {v!r}")
-    for n, t in train_tokens.items():
-        if ckpt.get('train_tokens', {}).get(n, t) != t:
-            changes.append(f"{n} has {t:,} train tokens, {ckpt['train_tokens'][n]:,} before")
+    arch = set(model_args) - {'dropout'}
+    changes = checkpoint.resume_changes(ckpt, user_config, arch, world_size, train_tokens)
     log("\n  ".join([f"resuming {ckpt_path} at iter {iter_num}" + (", changed:" if changes else "")] + changes))
 model.to(device)
 if fsdp:
@@ -291,16 +237,7 @@ optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')  # float16 gradients underflow unscaled
 raw_model = model  # no compile or DDP wrapper: its state_dict has plain names
 if resume:
-    if 'shards' in ckpt:
-        # DCP reads the shards into this run's layout, whatever the old one: FSDP or not, any world size
-        model_state, optim_state = get_state_dict(model, optimizer)
-        state = {'model': model_state, 'optimizer': optim_state}
-        dcp.load(state, checkpoint_id=os.path.join(out_dir, ckpt['shards']))
-        set_state_dict(model, optimizer, model_state_dict=state['model'], optim_state_dict=state['optimizer'])
-    elif fsdp:
-        sys.exit(f"error: {ckpt_path} is one file, not shards: resume it without --fsdp")
-    else:
-        optimizer.load_state_dict(ckpt['optimizer'])
+    checkpoint.restore(ckpt, out_dir, model, optimizer)
     scaler.load_state_dict(ckpt['scaler'])
 wandb_id = ckpt.get('wandb_id') if resume else None  # a resumed run goes on in the same wandb run
 ckpt = None  # free the memory
@@ -310,7 +247,7 @@ if compile:
 ddp_model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None) if ddp and not fsdp else model
 log(f"{raw_model.num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens per iteration "
     f"({gradient_accumulation_steps} micro-steps x {batch_size} x {block_size} over {world_size} rank(s)), "
-    f"data {', '.join(data_dirs)}, {device} {dtype}")
+    f"data {', '.join(d.dir for d in datasets)}, {device} {dtype}")
 
 
 def get_lr(it):
@@ -325,7 +262,7 @@ def get_lr(it):
 
 
 @torch.no_grad()
-def estimate_loss():
+def estimate_loss(model):
     """Losses over the same eval_iters batches every time, shared among the ranks (so they do not
     depend on their number). 'train' and 'val' are the loss on train_on's targets; a mixture adds
     each dataset's (val/<name>; 'val' is their weighted mean); val/A and val/B are the loss on
@@ -351,10 +288,10 @@ def estimate_loss():
         return total / count if count else float('nan')  # nothing trained in these batches
 
     out = {'train': mean(*sums('train', None)[:2])}
-    val = [sums('val', s) for s in range(len(splits))]
-    out['val'] = sum(w * mean(*v[:2]) for w, v in zip(weights, val)) / sum(weights)
+    val = [sums('val', s) for s in range(len(datasets))]
+    out['val'] = sum(d.weight * mean(*v[:2]) for d, v in zip(datasets, val)) / sum(d.weight for d in datasets)
     if len(val) > 1:
-        out.update({f'val/{os.path.basename(os.path.normpath(n))}': mean(*v[:2]) for n, v in zip(names, val)})
+        out.update({f'val/{os.path.basename(os.path.normpath(d.name))}': mean(*v[:2]) for d, v in zip(datasets, val)})
     for i, speaker in ((2, 'A'), (4, 'B')):
         total, count = sum(v[i] for v in val), sum(v[i + 1] for v in val)
         if count:  # plain text has no speakers
@@ -363,107 +300,32 @@ def estimate_loss():
     return out
 
 
-def sample_reply():
-    """The model's reply, as B, to eval_sample: the prompt comes from chat.reply_prompt like
-    sample.py's, and the reply ends where training turns end."""
-    prompt = chat.reply_prompt(tok, [eval_sample], max_tokens=block_size // 2)
-    reply = []
-    raw_model.eval()
+def sample_reply(model, tok, message):
+    """The model's reply, as B, to message: the prompt and the end of the turn are chat.py's,
+    as in sample.py."""
+    prompt = torch.tensor([chat.reply_prompt(tok, [message], max_tokens=block_size // 2)], device=device)
+    reply = chat.Reply(tok)
+    model.eval()
     with ctx:
-        for token in raw_model.generate(torch.tensor([prompt], device=device), block_size // 2, temperature=0.8,
-                                        generator=torch.Generator(device=device).manual_seed(seed)):
-            if token.item() == eot:
+        for token in model.generate(prompt, block_size // 2, temperature=0.8,
+                                    generator=torch.Generator(device=device).manual_seed(seed)):
+            if reply.add(token.item()):
                 break
-            reply.append(token.item())
-            if chat.end_of_reply(tok.decode(reply)) is not None:
-                break
-    raw_model.train()
-    text = tok.decode(reply)
-    return text[:chat.end_of_reply(text)].strip()
+    model.train()
+    return reply.text.strip()
+
+
+# what every checkpoint of this run records beside its weights, optimizer and iteration
+run_info = dict(model_args=model_args, config=config, meta=meta, world_size=world_size,
+                schedule_start=schedule_from, train_tokens=train_tokens)
 
 
 def save_checkpoint(is_best):
-    """out_dir/ckpt.pt, atomically: written beside it, synced, then renamed over it, so a crash
-    leaves the previous checkpoint whole. best.pt and ckpt_<iter>.pt are hard links to it, more
-    names for the same file; old ckpt_<iter>.pt are deleted as keep_last and keep_every_hours say.
-    With fsdp, every rank first writes its shards to ckpt_<iter>.dcp/, which ckpt.pt then names."""
-    ckpt = dict(scaler=scaler.state_dict(), model_args=model_args, iter_num=iter_num, best_val_loss=best_val_loss,
-                config=config, meta=meta, world_size=world_size, schedule_start=schedule_from,
-                train_tokens=train_tokens, wandb_id=wandb_id)
-    if fsdp:
-        ckpt['shards'] = f'ckpt_{iter_num}.dcp'
-        model_state, optim_state = get_state_dict(raw_model, optimizer)
-        dcp.save({'model': model_state, 'optimizer': optim_state}, checkpoint_id=os.path.join(out_dir, ckpt['shards']))
-    else:
-        ckpt.update(model=raw_model.state_dict(), optimizer=optimizer.state_dict())
-    if master:
-        write_checkpoint(ckpt, is_best)
+    state = dict(run_info, iter_num=iter_num, best_val_loss=best_val_loss, scaler=scaler.state_dict(), wandb_id=wandb_id)
+    path = checkpoint.save(out_dir, state, raw_model, optimizer, is_best, keep_last, keep_every_hours, fsdp, master)
+    log(f"saved {path} at iter {iter_num}" + (" (best so far)" if is_best else ""))
     if ddp:
         dist.barrier()  # the others wait here rather than inside a gradient all-reduce
-
-
-def write_checkpoint(ckpt, is_best):
-    path, tmp = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'ckpt.pt.tmp')
-    with open(tmp, 'wb') as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    for name in (['best.pt'] if is_best else []) + ([f'ckpt_{iter_num}.pt'] if keep_last or keep_every_hours else []):
-        os.link(path, tmp)  # the link keeps this file alive when the next ckpt.pt replaces the name
-        os.replace(tmp, os.path.join(out_dir, name))
-    # Of the ckpt_<iter>.pt older than the last keep_last, keep the first, then the first written
-    # keep_every_hours after the one kept before it, and so on: deleting the others never changes that choice
-    iters = sorted(int(m[1]) for f in os.listdir(out_dir) if (m := re.fullmatch(r'ckpt_(\d+)\.pt', f)))
-    kept = None
-    for it in iters[:len(iters) - keep_last]:
-        old = os.path.join(out_dir, f'ckpt_{it}.pt')
-        if keep_every_hours and (kept is None or os.path.getmtime(old) >= kept + keep_every_hours * 3600):
-            kept = os.path.getmtime(old)
-        else:
-            os.remove(old)
-    files = os.listdir(out_dir)
-    if any(f.endswith('.dcp') for f in files):  # a folder of shards lives while a checkpoint names it
-        named = {load_checkpoint(os.path.join(out_dir, f)).get('shards') for f in files if f.endswith('.pt')}
-        for f in files:
-            if f.endswith('.dcp') and f not in named:
-                shutil.rmtree(os.path.join(out_dir, f))
-    log(f"saved {path} at iter {iter_num}" + (" (best so far)" if is_best else ""))
-
-
-def synchronize():
-    {'cuda': torch.cuda.synchronize, 'mps': torch.mps.synchronize}.get(device_type, lambda: None)()
-
-
-# dense bf16/fp16 tensor-core FLOP/s from the spec sheets (SXM parts); first match in the name wins
-GPU_PEAK_FLOPS = {'H200': 989e12, 'H100': 989e12, 'A100': 312e12, 'L40S': 362e12, 'L4': 121e12,
-                  'A10': 125e12, 'RTX 4090': 165e12, 'RTX 3090': 71e12, 'V100': 125e12, 'T4': 65e12}
-
-
-def peak_flops():
-    """One device's peak FLOP/s in dtype, for MFU: a known GPU's spec sheet, else measured on a few
-    large matmuls (CPUs, Macs, float32, other GPUs)."""
-    if device_type == 'cuda' and dtype != 'float32':
-        name = torch.cuda.get_device_name(device)
-        for gpu, flops in GPU_PEAK_FLOPS.items():
-            if gpu in name:
-                return flops
-    def seconds(a):
-        synchronize()
-        t = time.perf_counter()
-        a @ a
-        synchronize()
-        return time.perf_counter() - t
-
-    n = 256  # grown until one matmul is long enough to time (dtypes without fast kernels stay small)
-    while True:
-        a = torch.randn(n, n, device=device).to(ptdtype)
-        seconds(a)  # warm up
-        if n >= 4096 or seconds(a) > 0.02:
-            break
-        n *= 2
-    # the fastest of a few: other processes on the machine only slow some down
-    return 2 * n ** 3 / min(seconds(a) for _ in range(10))
 
 
 def duration(seconds):
@@ -490,7 +352,7 @@ if wandb_log and master:
                           resume='allow' if wandb_id else None).id
 tok = chat.load_tokenizer(meta) if eval_sample else None
 flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
-peak = peak_flops() * world_size
+peak = peak_flops(device, dtype)  # None where no true peak is known (CPUs): no MFU then
 start_iter, nan_steps, skipped = iter_num, 0, 0
 t_last, steps_timed = time.time(), 0
 t_start, iter_start = t_last, iter_num  # the ETA uses the run's mean step time: single intervals are noisy
@@ -499,14 +361,14 @@ while True:
     for group in optimizer.param_groups:
         group['lr'] = lr
     if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
-        losses = estimate_loss()
+        losses = estimate_loss(model)
         log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}" +
             "".join(f", {k} {v:.4f}" for k, v in losses.items() if '/' in k))
         if wandb_log and master:
             wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'],
                        **{k: v for k, v in losses.items() if '/' in k}})
         if eval_sample and (master or fsdp):  # a sharded model needs all ranks for each forward
-            reply = sample_reply()
+            reply = sample_reply(raw_model, tok, eval_sample)
             log(f"sample: A: {eval_sample} -> B: {reply}")
             if wandb_log and master:
                 wandb.log({'iter': iter_num, 'sample': wandb.Table(columns=['iter', 'A', 'B'],
@@ -569,12 +431,13 @@ while True:
     if iter_num % log_interval == 0 or iter_num == max_iters:
         dt = (time.time() - t_last) / steps_timed
         t_last, steps_timed = time.time(), 0
-        mfu = flops_per_iter / dt / peak
+        mfu = flops_per_iter / dt / (peak * world_size) if peak else None
         eta = (max_iters - iter_num) * (time.time() - t_start) / (iter_num - iter_start)
         log(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.1f}ms, tok/s {tokens_per_iter / dt:.0f}, "
-            f"mfu {mfu * 100:.1f}%, eta {duration(eta)}")
+            f"mfu {f'{mfu * 100:.1f}%' if mfu else 'n/a'}, eta {duration(eta)}")
         if wandb_log and master:
-            wandb.log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'mfu': mfu * 100, 'tok/s': tokens_per_iter / dt})
+            wandb.log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'tok/s': tokens_per_iter / dt,
+                       **({'mfu': mfu * 100} if mfu else {})})
     if stopping:
         save_checkpoint(False)
         finish(128 + (stop_signal or signal.SIGTERM),

@@ -25,13 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "reddit"
 sys.path.insert(0, str(ROOT))
 import chat
+import shards
 
 
 def source_objects():
     """Every comment and submission of the shared dumps, once (the n49rw thread is there twice)."""
-    report, objects = chat.Report(), []
+    report, objects = shards.Report(), []
     for path in sorted(SHARED.glob("*.jsonl")) + [SHARED / "RC_2005-12.zst"]:
-        objects += [obj for _, obj in chat.read_jsonl(path, report)]
+        objects += [obj for _, obj in shards.read_jsonl(path, report)]
     return objects
 
 

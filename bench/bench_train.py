@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import GPT, GPTConfig, keep_freed_memory
+from machine import keep_freed_memory
+from model import GPT, GPTConfig
 
 # name, model shape, batch size, (warmup, timed) steps
 CASES = [

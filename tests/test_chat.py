@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import chat
+import shards
 from conftest import ROOT, shared_file
 
 
@@ -74,8 +75,8 @@ def test_char_tokenizer_drops_unknown_characters(capsys):
 
 def test_big_vocab_gets_uint32_shards(tmp_path, gpt2):  # gpt2: skips without the offline vocab files
     tok = chat.load_tokenizer("cl100k_base")
-    meta, _ = chat.write_dataset(tmp_path, [chat.Dialogue(["hello there", "general kenobi"])], tok, [],
-                                 chat.Report(), val_fraction=0)
+    meta, _ = shards.write_dataset(tmp_path, [chat.Dialogue(["hello there", "general kenobi"])], tok, [],
+                                 shards.Report(), val_fraction=0)
     assert meta["dtype"] == "uint32"
     tokens, _ = chat.open_split(tmp_path, "train")
     assert tokens.max() > 65535 or tok.eot > 65535
@@ -150,11 +151,11 @@ def test_a_crash_never_leaves_a_complete_looking_dataset(tmp_path, gpt2):
         yield chat.Dialogue(["one", "two"])
         raise RuntimeError("killed")
     with pytest.raises(RuntimeError):
-        chat.write_dataset(tmp_path, items(), gpt2, [], chat.Report())
+        shards.write_dataset(tmp_path, items(), gpt2, [], shards.Report())
     assert not (tmp_path / "meta.json").exists() and not (tmp_path / "train.bin").exists()
     with pytest.raises(SystemExit, match="prepare the dataset first"):
         chat.load_meta(tmp_path)
-    chat.write_dataset(tmp_path, [chat.Dialogue(["one", "two"])], gpt2, [], chat.Report())
+    shards.write_dataset(tmp_path, [chat.Dialogue(["one", "two"])], gpt2, [], shards.Report())
     assert not list(tmp_path.glob("*.tmp"))
     # an append cut off mid-copy is undone by the next run
     size = (tmp_path / "train.bin").stat().st_size + (tmp_path / "val.bin").stat().st_size
@@ -164,19 +165,19 @@ def test_a_crash_never_leaves_a_complete_looking_dataset(tmp_path, gpt2):
         f.write(b"\0" * 6)
     with pytest.raises(SystemExit, match="interrupted"):
         chat.load_meta(tmp_path)
-    chat.recover(tmp_path)
+    shards.recover(tmp_path)
     assert (tmp_path / "train.bin").stat().st_size + (tmp_path / "val.bin").stat().st_size == size
 
 
 def test_bad_lines_are_reported_with_file_and_line(tmp_path, capsys):
     path = tmp_path / "x.jsonl"
     path.write_bytes(b'["ok"]\n{broken\n\xff\xfe\n["fine"]\n')
-    report = chat.Report()
-    assert [o for _, o in chat.read_jsonl(path, report)] == [["ok"], ["fine"]]
+    report = shards.Report()
+    assert [o for _, o in shards.read_jsonl(path, report)] == [["ok"], ["fine"]]
     err = capsys.readouterr().err
     assert f"{path}:2: malformed JSON" in err and f"{path}:3: invalid UTF-8" in err
     with pytest.raises(SystemExit, match=":2: malformed JSON"):
-        list(chat.read_jsonl(path, chat.Report(strict=True)))
+        list(shards.read_jsonl(path, shards.Report(strict=True)))
 
 
 def test_truncated_zst_is_reported_not_fatal(tmp_path):
@@ -185,8 +186,8 @@ def test_truncated_zst_is_reported_not_fatal(tmp_path):
     blob = zstandard.ZstdCompressor().compress(data)
     path = tmp_path / "cut.zst"
     path.write_bytes(blob[: len(blob) // 2])
-    report = chat.Report()
-    got = [o["n"] for _, o in chat.read_jsonl(path, report)]
+    report = shards.Report()
+    got = [o["n"] for _, o in shards.read_jsonl(path, report)]
     assert got == list(range(len(got))) and 0 < len(got) < 5000
     assert any("corrupt or truncated" in k for k in report.counts)
 
@@ -222,16 +223,16 @@ def server():
 
 def test_download_retries_resumes_and_checks(tmp_path, server, monkeypatch):
     import hashlib
-    monkeypatch.setattr(chat.time, "sleep", lambda s: None)
+    monkeypatch.setattr(shards.time, "sleep", lambda s: None)
     FlakyRangeServer.payload = payload = bytes(range(256)) * 4000
     (tmp_path / "f.bin.part").write_bytes(payload[:1000])  # an earlier, interrupted download
-    got = chat.download(server, tmp_path / "f.bin", sha256=hashlib.sha256(payload).hexdigest())
+    got = shards.download(server, tmp_path / "f.bin", sha256=hashlib.sha256(payload).hexdigest())
     assert got.read_bytes() == payload
     assert FlakyRangeServer.requests == ["bytes=1000-", "bytes=1000-"]
-    chat.download(server, tmp_path / "f.bin")  # cached: no request
+    shards.download(server, tmp_path / "f.bin")  # cached: no request
     assert len(FlakyRangeServer.requests) == 2
     with pytest.raises(SystemExit, match="checksum mismatch"):
-        chat.download(server, tmp_path / "g.bin", sha256="0" * 64)
+        shards.download(server, tmp_path / "g.bin", sha256="0" * 64)
     assert not (tmp_path / "g.bin").exists()
 
 
@@ -247,7 +248,7 @@ def test_dailydialog_download_path(tmp_path, server, monkeypatch):
     spec.loader.exec_module(mod)
     monkeypatch.setattr(mod, "URL", server)
     monkeypatch.setattr(mod, "RAW", tmp_path / "raw")
-    monkeypatch.setattr(chat.time, "sleep", lambda s: None)
+    monkeypatch.setattr(shards.time, "sleep", lambda s: None)
     path = mod.fetch()
-    dialogues = list(mod.read_dialogues([path], chat.Report()))
+    dialogues = list(mod.read_dialogues([path], shards.Report()))
     assert len(dialogues) == 1000 and dialogues[0].turns[0] == "Good morning, sir. Is there a bank near here?"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import chat
+import shards
 import merge
 from conftest import ROOT, shared_file
 
@@ -34,7 +35,7 @@ def decoded(data_dir):
     return "".join(tok.decode(chat.open_split(data_dir, s)[0].tolist()) for s in chat.SPLITS), meta
 
 
-def shards(data_dir):
+def shard_bytes(data_dir):
     return {f"{s}.{e}": (data_dir / f"{s}.{e}").read_bytes() for s in chat.SPLITS for e in ("bin", "roles")}
 
 
@@ -97,7 +98,7 @@ def test_userchat_text_matches_the_json_source(tmp_path, taskmaster, convert):
     (src / "part2.txt").write_text("".join(convert(c) for c in taskmaster[250:]))
     prepare("userchat", src, "--out_dir", tmp_path / "text")
     prepare("jsonl", shared_file("taskmaster4", "TM-4-2024_data_00.json"), "--out_dir", tmp_path / "json")
-    assert shards(tmp_path / "text") == shards(tmp_path / "json")
+    assert shard_bytes(tmp_path / "text") == shard_bytes(tmp_path / "json")
     assert "A: Can I get an mocha for Jean?\n\n\nB: Okay I'll get right on that" in decoded(tmp_path / "text")[0]
 
 
@@ -157,13 +158,13 @@ def test_webtext_jsonl_and_txt(tmp_path):
             (txt / f"{i:02d}.txt").write_text(doc)
     prepare("webtext", txt, "--out_dir", tmp_path / "t", "--val_fraction", 0)
     prepare("webtext", *files, "--out_dir", tmp_path / "j0", "--val_fraction", 0)
-    assert shards(tmp_path / "t") == shards(tmp_path / "j0")
+    assert shard_bytes(tmp_path / "t") == shard_bytes(tmp_path / "j0")
 
 
 def test_long_text_file_streams_in_pieces_with_the_tokens_of_the_whole(tmp_path, gpt2):
     src = shared_file("tinyshakespeare", "input.txt")
     text = src.read_text()
-    pieces = list(chat.read_text(src, chat.Report(), piece_bytes=20_000))
+    pieces = list(shards.read_text(src, shards.Report(), piece_bytes=20_000))
     assert len(pieces) > 20 and "".join(pieces) == text
     assert sum((gpt2.encode(p) for p in pieces), []) == gpt2.encode(text)
     (tmp_path / "play.txt").write_bytes(src.read_bytes() * 3)  # one 3.3 MB document
@@ -230,13 +231,13 @@ def test_append_is_byte_identical_to_one_go(tmp_path, name):
     shutil.copytree(tmp_path / "inc", tmp_path / "a")
     prepare(name, *b, "--out_dir", tmp_path / "inc", "--append")
     assert "nothing new" in prepare(name, *a, *b, "--out_dir", tmp_path / "inc", "--append").stdout
-    assert shards(tmp_path / "one") == shards(tmp_path / "inc")
+    assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "inc")
     one, inc = chat.load_meta(tmp_path / "one"), chat.load_meta(tmp_path / "inc")
     assert one["counts"] == inc["counts"] and one["inputs"] == inc["inputs"] and one["report"] == inc["report"]
     # merging the two halves prepared apart is the one-go dataset too
     prepare(name, *b, "--out_dir", tmp_path / "b")
     merge.merge(tmp_path / "ab", [tmp_path / "a", tmp_path / "b"])
-    assert shards(tmp_path / "ab") == shards(tmp_path / "one")
+    assert shard_bytes(tmp_path / "ab") == shard_bytes(tmp_path / "one")
     assert chat.load_meta(tmp_path / "ab")["counts"] == one["counts"]
 
 
@@ -268,7 +269,7 @@ def test_killed_prepare_rerun_gives_the_same_dataset(tmp_path, append):
         with pytest.raises(SystemExit):
             chat.load_meta(out)  # never a complete-looking dataset
     prepare("webtext", small, big, "--out_dir", out, "--workers", 2, *(["--append"] if append else []))
-    assert shards(out) == shards(tmp_path / "ref")
+    assert shard_bytes(out) == shard_bytes(tmp_path / "ref")
     assert chat.load_meta(out)["counts"] == chat.load_meta(tmp_path / "ref")["counts"]
     assert not list(out.glob("*.tmp"))
 
@@ -318,7 +319,7 @@ def test_batched_encoding_is_render(gpt2):
     items = [chat.Dialogue(["hi", "hello <|endoftext|> there\n\n\n\nyes"], context="persona"),
              chat.Document("plain text"), chat.Document(" goes on", key="k", eot=False),
              chat.Dialogue(["a", "b", "c"])]
-    out = chat.encode_chunk(items, seed=0, val_fraction=0, tok=gpt2)
+    out = shards.encode_chunk(items, seed=0, val_fraction=0, tok=gpt2)
     tokens, roles, counts = out["train"]
     want_t, want_r = [], []
     for it in items:
@@ -336,8 +337,8 @@ def test_batched_encoding_is_render(gpt2):
 def test_text_file_with_a_bad_line_keeps_the_rest(tmp_path, capsys):
     path = tmp_path / "doc.txt"
     path.write_bytes(b"first line\nbad \xff byte\nthird line\n" * 3)
-    report = chat.Report()
-    pieces = list(chat.read_text(path, report, piece_bytes=16))
+    report = shards.Report()
+    pieces = list(shards.read_text(path, report, piece_bytes=16))
     assert "".join(pieces).replace("\n\n", "\n") == "first line\nthird line\n" * 3
     assert f"{path}:2: invalid UTF-8" in capsys.readouterr().err
     assert report.counts == {"bad input: invalid UTF-8": 3}

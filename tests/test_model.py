@@ -4,7 +4,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, causal_attention, default_dtype, load_checkpoint, sample_next
+import checkpoint
+from machine import default_dtype
+from model import GPT, GPTConfig, KVCache, causal_attention, sample_next
 
 
 def tiny(block_size=16, vocab_size=65, bias=True, seed=0):
@@ -96,6 +98,7 @@ def test_params_flops_optimizer():
 
 def test_default_dtype():
     assert default_dtype("cpu") in ("bfloat16", "float32")
+    assert default_dtype("cpu", generating=True) == "float32"
     assert default_dtype("mps") == "float32"
 
 
@@ -201,7 +204,7 @@ def test_checkpoint_round_trip(tmp_path):
     ckpt = {"model": {"_orig_mod." + k: v for k, v in model.state_dict().items()},
             "model_args": asdict(model.config), "iter_num": 3}
     torch.save(ckpt, tmp_path / "ckpt.pt")
-    loaded = GPT.from_checkpoint(load_checkpoint(tmp_path / "ckpt.pt")).eval()
+    loaded = GPT.from_checkpoint(checkpoint.load(tmp_path / "ckpt.pt")).eval()
     idx = torch.randint(0, 65, (2, 8))
     assert torch.equal(loaded(idx, idx)[0], model(idx, idx)[0])
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
@@ -211,9 +214,9 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(RuntimeError, match="corrupt.pt"):
-        load_checkpoint(bad)
+        checkpoint.load(bad)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        load_checkpoint(tmp_path / "missing.pt")
+        checkpoint.load(tmp_path / "missing.pt")
 
 
 def test_crop_block_size():

@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 
 import chat
+import shards
 from conftest import ROOT, shared_file
 
 spec = importlib.util.spec_from_file_location("reddit_prepare", ROOT / "data" / "reddit" / "prepare.py")
@@ -70,10 +71,9 @@ def test_train_and_val_never_share_a_thread(tmp_path, dump, gpt2):
     run(tmp_path, dump, extra=["--val_fraction", "0.3"])
     split_of = {t: s for s in chat.SPLITS for t in dialogues(tmp_path, s)}
     # the same pipeline, keeping each dialogue's thread id
-    reddit.ARGS = reddit.parse_args([str(dump), "--workers", "1"])
-    reddit.ARGS.tmp_root = str(tmp_path)
+    args = reddit.parse_args([str(dump), "--workers", "1"])
     splits_per_thread = {}
-    for d in reddit.read_dialogues([str(dump)], chat.Report()):
+    for d in reddit.read_dialogues([str(dump)], shards.Report(), args, tmp_path):
         text = gpt2.decode(chat.render(gpt2, d.turns, d.context)[0][1:])
         splits_per_thread.setdefault(d.key, set()).add(split_of[text])
     assert all(len(s) == 1 for s in splits_per_thread.values())
@@ -195,7 +195,7 @@ def test_kept_threads_append_covers_one_run_over_both_dumps(tmp_path, dump, gpt2
     """The real dump cut in two at its median time: prepared, then the second half appended, gives
     every dialogue that one run over the whole dump gives. What it has beyond that are chains
     emitted before their next replies came, and their histories are those of whole-run chains."""
-    lines = [json.loads(line) for _, line in chat.read_lines(dump, chat.Report())]
+    lines = [json.loads(line) for _, line in shards.read_lines(dump, shards.Report())]
     median = sorted(int(o["created_utc"]) for o in lines)[len(lines) // 2]
     early = write_lines(tmp_path / "early.jsonl", [o for o in lines if int(o["created_utc"]) < median])
     late = write_lines(tmp_path / "late.jsonl", [o for o in lines if int(o["created_utc"]) >= median])

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import chat
+import shards
 from conftest import shared_file
-from test_formats import decoded, prepare, shards
+from test_formats import decoded, prepare, shard_bytes
 
 TRICKY = "héllo wörld 🙂\n\n\n\n  tabs\tand <|endoftext|> stay text\r\n"
 
@@ -71,7 +72,7 @@ def test_bpe_on_dialogues_append_reuses_it_and_workers_agree(tmp_path):
     train, valid = sorted(shared_file("personachat_sample").glob("*.txt"))
     prepare("personachat", train, "--tokenizer", "bpe:600", "--out_dir", tmp_path / "d", "--workers", 1)
     prepare("personachat", train, "--tokenizer", "bpe:600", "--out_dir", tmp_path / "w2", "--workers", 2)
-    assert shards(tmp_path / "d") == shards(tmp_path / "w2")
+    assert shard_bytes(tmp_path / "d") == shard_bytes(tmp_path / "w2")
     saved = (tmp_path / "d" / "tokenizer.json").read_bytes()
     prepare("personachat", valid, "--out_dir", tmp_path / "d", "--append")
     assert (tmp_path / "d" / "tokenizer.json").read_bytes() == saved
@@ -111,6 +112,6 @@ def test_tiktoken_encodings_by_name(name, tiktoken_vocab):
 def test_text_pieces_encode_like_the_whole_with_cl100k(tiktoken_vocab):
     tok = chat.load_tokenizer("cl100k_base")
     src = shared_file("tinyshakespeare", "input.txt")
-    pieces = list(chat.read_text(src, chat.Report(), piece_bytes=50_000))
+    pieces = list(shards.read_text(src, shards.Report(), piece_bytes=50_000))
     assert len(pieces) > 10
     assert np.array_equal(np.concatenate([tok.encode_array(p) for p in pieces]), tok.encode_array(src.read_text()))

@@ -47,14 +47,15 @@ def write_tiny_dataset(data_dir, seed=0, words_a=(2, 6), words_b=(2, 6), alphabe
     return data_dir
 
 
-def train(data_dir, out_dir, *args, nproc=0, env=None, check=True):
-    """Run train.py: in this process's python, or with torchrun over nproc processes."""
+def train(data_dir, out_dir, *args, nproc=0, env=None, check=True, fault=""):
+    """Run train.py: in this process's python, or with torchrun over nproc processes. fault is
+    train.py's fault injection (NANOTALK_FAULT): 'kill:K', 'term:K', 'nan:K', comma-separated."""
     launcher = [sys.executable]
     if nproc:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = launcher + ["train.py", f"--dataset={data_dir}", f"--out_dir={out_dir}", *TINY, *args]
     # one thread per process: the machine's few cores are shared, and runs compare bit for bit
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NANOTALK_FAULT": fault, **(env or {})}
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     if check:
         assert p.returncode == 0, p.stdout + p.stderr
@@ -104,7 +105,8 @@ def test_learns_logs_and_checkpoints(runs):
     assert set(e[8]) == {"train", "val", "val/A", "val/B"}  # the loss on each speaker's turns
     iters = log_lines(stdout, "iter ")
     assert len(iters) == 8 and iters[-1].startswith("iter 8: loss ")
-    assert all(", time " in i and "ms, tok/s " in i and ", mfu " in i and "%, eta " in i for i in iters)
+    # no MFU on a CPU: its true peak is not a known number
+    assert all(", time " in i and "ms, tok/s " in i and ", mfu n/a, eta " in i for i in iters)
 
     ckpt = load(tmp / "full" / "ckpt.pt")
     assert {"model", "optimizer", "model_args", "iter_num", "best_val_loss", "config", "meta"} <= set(ckpt)
@@ -112,6 +114,7 @@ def test_learns_logs_and_checkpoints(runs):
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
     assert ckpt["model_args"]["vocab_size"] == 64 and ckpt["model_args"]["n_embd"] == 32  # 34 ids, padded
     assert ckpt["config"]["batch_size"] == 4 and ckpt["meta"]["tokenizer"]["kind"] == "char"
+    assert "fault" not in ckpt["config"]  # fault injection is no setting
     assert load(tmp / "full" / "best.pt")["iter_num"] == 8  # val improved at the end
     assert sorted(os.listdir(tmp / "full")) == ["best.pt", "ckpt.pt", "ckpt_4.pt", "ckpt_8.pt"]  # keep_last=2
 
@@ -144,7 +147,7 @@ def test_exact_resume_after_sigterm_and_sigkill(runs):
     tmp, stdout = runs
     out = tmp / "resumed"
     args = ["--max_iters=8", "--eval_interval=2", "--init_from=auto", "--keep_last=1", "--keep_every_hours=1"]
-    p = train(tmp, out, *args, "--fault=term:3", check=False)
+    p = train(tmp, out, *args, fault="term:3", check=False)
     assert p.returncode == 128 + 15, p.stdout + p.stderr
     assert "stopped by a signal at iter 4" in p.stdout and "saved" in p.stdout
     assert load(out / "ckpt.pt")["iter_num"] == 4
@@ -153,9 +156,9 @@ def test_exact_resume_after_sigterm_and_sigkill(runs):
     os.utime(out / "ckpt_2.pt", (now - 3 * 3600,) * 2)
     os.utime(out / "ckpt_4.pt", (now - 2.5 * 3600,) * 2)  # within the hour after ckpt_2: goes
 
-    p = train(tmp, out, *args, "--fault=kill:7", check=False)
+    p = train(tmp, out, *args, fault="kill:7", check=False)
     assert p.returncode == -9, p.stdout + p.stderr
-    assert f"resuming {out / 'ckpt.pt'} at iter 4, changed:\n  fault 'term:3' -> 'kill:7'\n" in p.stdout
+    assert f"resuming {out / 'ckpt.pt'} at iter 4\n" in p.stdout  # the same settings
     iters = log_lines(p.stdout, "iter ")
     assert iters[0].startswith("iter 5: ") and iters[-1].startswith("iter 7: ")
     assert load(out / "ckpt.pt")["iter_num"] == 6
@@ -179,7 +182,7 @@ def test_exact_resume_after_sigterm_and_sigkill(runs):
 def nan_run(runs):
     """One process, trained on B's turns, the loss NaN at iter 3: the step is skipped."""
     tmp, _ = runs
-    p = train(tmp, tmp / "nan", "--max_iters=8", "--train_on=B", "--fault=nan:3")
+    p = train(tmp, tmp / "nan", "--max_iters=8", "--train_on=B", fault="nan:3")
     return p.stdout
 
 
@@ -202,7 +205,7 @@ def test_nan_loss_skips_the_step(nan_run):
 
 def test_nan_losses_in_a_row_stop_the_run(runs):
     tmp, _ = runs
-    p = train(tmp, tmp / "nanstop", "--max_iters=8", "--eval_interval=2", "--fault=nan:3", "--max_nan_steps=1",
+    p = train(tmp, tmp / "nanstop", "--max_iters=8", "--eval_interval=2", "--max_nan_steps=1", fault="nan:3",
               check=False)
     assert p.returncode == 1
     assert "stopping: 1 non-finite losses in a row" in p.stdout
@@ -213,12 +216,12 @@ def test_ddp_agrees_then_resumes_on_one_process(runs, nan_run):
     """2 processes: NaN on rank 1 only at iter 3, SIGTERM to rank 0 only at 5: both skip step 3,
     both save at 6 and stop. Resumed on 1 process, the end matches the 1-process run."""
     tmp, _ = runs
-    p = train(tmp, tmp / "ddp", "--max_iters=8", "--train_on=B", "--fault=nan:3,term:5", nproc=2, check=False)
+    p = train(tmp, tmp / "ddp", "--max_iters=8", "--train_on=B", fault="nan:3,term:5", nproc=2, check=False)
     assert p.returncode != 0 and "stopped by a signal at iter 6" in p.stdout, p.stdout + p.stderr
     assert len(log_lines(p.stdout, "iter ")) == 6  # only rank 0 prints
     assert len(log_lines(p.stdout, "warning: iter 3: loss is nan")) == 1
     p = train(tmp, tmp / "ddp", "--max_iters=8", "--train_on=B", "--init_from=resume")
-    assert "at iter 6, changed:\n  world size 2 -> 1\n  fault 'nan:3,term:5' -> ''\n" in p.stdout
+    assert "at iter 6, changed:\n  world size 2 -> 1\n" in p.stdout
     assert_same_weights(load(tmp / "nan" / "ckpt.pt"), load(tmp / "ddp" / "ckpt.pt"), atol=1e-5)
 
 
@@ -229,7 +232,7 @@ def test_fsdp_resumes_on_another_world_size_and_converts_to_one_file(runs):
     tmp, stdout = runs
     out = tmp / "fsdp"
     p = train(tmp, out, "--max_iters=8", "--fsdp", "--activation_checkpointing", "--eval_sample=hi",
-              "--fault=term:5", nproc=2, check=False)
+              fault="term:5", nproc=2, check=False)
     assert "stopped by a signal at iter 6" in p.stdout, p.stdout + p.stderr
     assert len(log_lines(p.stdout, "sample: A: hi -> B: ")) == 2  # at 0 and 4
     assert load(out / "ckpt.pt")["shards"] == "ckpt_6.dcp"

@@ -13,7 +13,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from chat import LABELS, make_dialogue, prepare, prepare_parser
+from chat import LABELS
+from shards import make_dialogue, prepare, prepare_parser
 
 
 def read_dialogues(paths, report):

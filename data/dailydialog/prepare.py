@@ -14,7 +14,8 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from chat import Dialogue, detokenize, download, prepare, prepare_parser, read_lines
+from chat import Dialogue, detokenize
+from shards import download, prepare, prepare_parser, read_lines
 
 URL = "http://yanran.li/files/ijcnlp_dailydialog.zip"
 RAW = Path(__file__).resolve().parent / "raw"

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from chat import LABELS, make_dialogue, prepare, prepare_parser, read_json_list, read_jsonl
+from chat import LABELS
+from shards import make_dialogue, prepare, prepare_parser, read_json_list, read_jsonl
 
 TURN_LISTS = ("turns", "messages", "conversations", "utterances")
 SPEAKER_KEYS = ("role", "speaker", "from")

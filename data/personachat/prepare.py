@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from chat import detokenize, make_dialogue, prepare, prepare_parser, read_lines
+from chat import detokenize
+from shards import make_dialogue, prepare, prepare_parser, read_lines
 
 LINE = re.compile(r"(\d+) (.*)")
 

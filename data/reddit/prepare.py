@@ -36,6 +36,7 @@ emit come out. The store then holds the threads of the latest run (threads rarel
 and is put in place only after the shards are.
 """
 import argparse
+import functools
 import html
 import json
 import math
@@ -46,7 +47,7 @@ import signal
 import sys
 import tempfile
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, namedtuple
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
@@ -54,8 +55,9 @@ from urllib.parse import urlparse
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from chat import (Dialogue, download, expand_inputs, normalize, parallel_map, prepare, prepare_parser, read_lines,
-                  zstd_chunks)
+from chat import Dialogue, normalize
+from shards import (download, expand_inputs, line_chunks, parallel_map, prepare, prepare_parser, read_lines,
+                    zstd_chunks)
 
 RAW = Path(__file__).resolve().parent / "raw"
 PATTERNS = ("*.zst", "*.jsonl", "*.jsonl.gz")  # what a folder is searched for; files may be named anyhow
@@ -73,7 +75,9 @@ URL = re.compile(r"(?:https?://|www\.)\S+")
 MOJIBAKE = re.compile("[\xc2-\xf4][\x80-\xbf]")
 BOT = re.compile(r"(?i)bot$|^automoderator$")
 
-ARGS = None  # the command line; pass 1/2 workers are forked, so they see it too
+# the cleaned records; on disk (bucket files, thread store) a JSON list: ["c", *comment] or ["s", *submission]
+Comment = namedtuple("Comment", "link id parent author score created text")  # parent "": top level
+Submission = namedtuple("Submission", "link over_18 context")
 
 
 def no_dumps_help():
@@ -129,7 +133,6 @@ def parse_args(argv=None):
     block = Path(block[1:]).read_text().split() if block.startswith("@") else block.split(",")
     args.block = {s.strip().lower() for s in block if s.strip()}
     args.after_t, args.before_t = timestamp(args.after, -math.inf), timestamp(args.before, math.inf)
-    args.store_in = args.store_out = None  # the thread store's folders: main() sets them
     return args
 
 
@@ -162,19 +165,19 @@ def number(obj, name):
         raise BadLine(f"bad field: {name} = {obj[name]!r}")
 
 
-def clean(text):
+def clean(text, keep_quotes):
     text = html.unescape(text).replace("\u200b", "")  # dumps keep Reddit's &gt; &amp; &#x200B;
     if MOJIBAKE.search(text):  # old dumps hold some UTF-8 decoded as Latin-1 ("â\x80\x9c" for a quote)
         try:
             text = text.encode("latin-1").decode("utf-8")
         except UnicodeError:
             pass
-    if not ARGS.keep_quotes:
+    if not keep_quotes:
         text = QUOTE.sub("", text)
     return normalize(LINK.sub(r"\1", text))
 
 
-def comment_problem(author, body, score, created):
+def comment_problem(author, body, score, created, args):
     """Why a comment must go (a drop reason), or None. A dropped comment cuts its chain."""
     if body.strip() in DELETED:
         return "comments with a [deleted]/[removed] body"
@@ -182,28 +185,28 @@ def comment_problem(author, body, score, created):
         return "comments by a deleted author"
     if BOT.search(author):
         return "comments by bots"
-    if not created >= ARGS.after_t or not created < ARGS.before_t:
+    if not created >= args.after_t or not created < args.before_t:
         return "comments outside --after/--before"
-    if ARGS.min_score is not None and score < ARGS.min_score:
+    if args.min_score is not None and score < args.min_score:
         return "comments below --min_score"
     return None
 
 
-def text_problem(text):
+def text_problem(text, args):
     """Why a cleaned comment must go, or None."""
     if text and not URL.sub("", text).strip():
         return "comments that are only a URL"
-    if len(text) < ARGS.min_chars:
+    if len(text) < args.min_chars:
         return "comments shorter than --min_chars (after cleaning)"
-    if len(text) > ARGS.max_chars:
+    if len(text) > args.max_chars:
         return "comments longer than --max_chars"
-    if re.search(r"(\S)\1{%d,}" % (ARGS.max_repeat - 1), text):
+    if re.search(r"(\S)\1{%d,}" % (args.max_repeat - 1), text):
         return "comments with a long run of one character"
     return None
 
 
-def parse(obj):
-    """A dump object -> (link_id, kind, record or drop reason); kind is 'c' or 's'."""
+def parse(obj, args):
+    """A dump object -> (link_id, kind, Comment/Submission or drop reason); kind is 'c' or 's'."""
     if not isinstance(obj, dict):
         raise BadLine("not a JSON object")
     kind = "s" if "title" in obj else "c"
@@ -211,36 +214,44 @@ def parse(obj):
         raise BadLine("neither a comment (body, parent_id) nor a submission (title)")
     link = "t3_" + field(obj, "id" if kind == "s" else "link_id").removeprefix("t3_")
     h = zlib.crc32(link.encode())
-    if h % ARGS.shard_count != ARGS.shard_index:
+    if h % args.shard_count != args.shard_index:
         return link, kind, None
     subreddit = str(obj.get("subreddit") or "").lower()
-    if ARGS.allow is not None and subreddit not in ARGS.allow:
+    if args.allow is not None and subreddit not in args.allow:
         return link, kind, "comments and posts outside --subreddits"
-    if subreddit in ARGS.block:
+    if subreddit in args.block:
         return link, kind, "comments and posts in --block_subreddits"
     if kind == "s":
         context = ""
-        if ARGS.context:
-            context, text = clean(field(obj, "title")), clean(str(obj.get("selftext") or ""))
-            if text and text not in DELETED and len(text) <= ARGS.max_chars:
+        if args.context:
+            context = clean(field(obj, "title"), args.keep_quotes)
+            text = clean(str(obj.get("selftext") or ""), args.keep_quotes)
+            if text and text not in DELETED and len(text) <= args.max_chars:
                 context += "\n\n" + text
-        return link, kind, ["s", link, bool(obj.get("over_18")), context]
+        return link, kind, Submission(link, bool(obj.get("over_18")), context)
     cid, parent, body = field(obj, "id"), field(obj, "parent_id"), field(obj, "body")
     author, score, created = str(obj.get("author") or ""), number(obj, "score"), number(obj, "created_utc")
-    why = comment_problem(author, body, score, created) or text_problem(text := clean(body))
+    why = (comment_problem(author, body, score, created, args)
+           or text_problem(text := clean(body, args.keep_quotes), args))
     if why:
         return link, kind, why
     parent = "" if parent.startswith("t3_") else parent.removeprefix("t1_")  # "" = top level
-    return link, kind, ["c", link, cid.removeprefix("t1_"), parent, author, score, created, text]
+    return link, kind, Comment(link, cid.removeprefix("t1_"), parent, author, score, created, text)
 
 
-def parse_batch(batch):
+def record_line(rec):
+    """A Comment or Submission as a line of a bucket file or of the thread store."""
+    kind = "s" if isinstance(rec, Submission) else "c"
+    return json.dumps([kind, *rec], ensure_ascii=False) + "\n"
+
+
+def parse_batch(batch, args, buckets):
     """Pass 1 on (path, [(lineno, line)]) -> (bytes per bucket, counts, bad input to report)."""
     path, lines = batch
     parts, counts, bad = defaultdict(list), Counter(), []
     for lineno, line in lines:
         try:
-            link, kind, rec = parse(json.loads(line))
+            link, kind, rec = parse(json.loads(line), args)
         except json.JSONDecodeError as e:
             bad.append((f"{path}:{lineno}", f"malformed JSON: {e.msg} at column {e.colno}"))
             continue
@@ -253,8 +264,7 @@ def parse_batch(batch):
         elif isinstance(rec, str):
             counts["dropped: " + rec] += 1
         else:
-            bucket = zlib.crc32(link.encode()) // ARGS.shard_count % ARGS.buckets
-            parts[bucket].append(json.dumps(rec, ensure_ascii=False) + "\n")
+            parts[zlib.crc32(link.encode()) // args.shard_count % buckets].append(record_line(rec))
     return {b: "".join(p).encode() for b, p in parts.items()}, counts, bad
 
 # -----------------------------------------------------------------------------
@@ -262,12 +272,12 @@ def parse_batch(batch):
 
 
 def add_record(thread, rec):
-    """Into thread, [submission record or None, {comment id: record}]: a comment or submission
-    seen more than once is kept once, the largest record, so the choice is deterministic."""
-    if rec[0] == "s":
+    """Into thread, [Submission or None, {comment id: Comment}]: a comment or submission seen
+    more than once is kept once, the largest record (tuple order), so the choice is deterministic."""
+    if isinstance(rec, Submission):
         thread[0] = max(thread[0] or rec, rec)
     else:
-        thread[1][rec[2]] = max(thread[1].get(rec[2], rec), rec)
+        thread[1][rec.id] = max(thread[1].get(rec.id, rec), rec)
 
 
 def thread_records(thread):
@@ -276,34 +286,31 @@ def thread_records(thread):
 
 
 def read_bucket(path):
-    """{link_id: [submission record or None, {comment id: record}]}; a comment or submission
-    found in several inputs is kept once (the largest record, so the choice is deterministic)."""
+    """{link_id: [Submission or None, {comment id: Comment}]}; a comment or submission found in
+    several inputs is kept once (add_record)."""
     threads = defaultdict(lambda: [None, {}])
-    rest = b""
     with open(path, "rb") as f:
-        for chunk in zstd_chunks(f, 1 << 20):
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
+        for lines in line_chunks(zstd_chunks(f, 1 << 20)):
             for line in lines:
-                rec = json.loads(line)
-                add_record(threads[rec[1]], rec)
+                kind, *values = json.loads(line)
+                rec = Submission(*values) if kind == "s" else Comment(*values)
+                add_record(threads[rec.link], rec)
     return threads
 
 
-def thread_dialogues(link, submission, comments, counts):
+def thread_dialogues(link, submission, comments, counts, args):
     """Root-to-leaf chains of one thread, best score first, as Dialogues (see the docstring)."""
     children, starts = defaultdict(list), []
-    for cid, rec in comments.items():
-        parent = rec[3]
-        if parent in comments:
-            children[parent].append(cid)
+    for cid, c in comments.items():
+        if c.parent in comments:
+            children[c.parent].append(cid)
         else:
             starts.append(cid)
-            if parent:
+            if c.parent:
                 counts["replies to a missing or dropped comment (start chains)"] += 1
 
     def rank(cid):  # best score first, then oldest
-        return -comments[cid][5], comments[cid][6], cid
+        return -comments[cid].score, comments[cid].created, cid
 
     # a comment whose parents loop back to it is never reached from a chain start
     reached, todo = len(starts), list(starts)
@@ -314,7 +321,7 @@ def thread_dialogues(link, submission, comments, counts):
     if reached < len(comments):
         counts["dropped: comments in reply cycles"] += len(comments) - reached
 
-    context = submission[3] if submission and ARGS.context else None
+    context = submission.context if submission and args.context else None
     dialogues, histories, depth, visited = [], set(), {}, 0
     stack = sorted(starts, key=rank, reverse=True)
     depth.update((cid, 1) for cid in starts)
@@ -322,29 +329,29 @@ def thread_dialogues(link, submission, comments, counts):
         cid = stack.pop()
         visited += 1
         kids = children.get(cid)
-        if kids and not (ARGS.max_depth and depth[cid] >= ARGS.max_depth):
+        if kids and not (args.max_depth and depth[cid] >= args.max_depth):
             for kid in sorted(kids, key=rank, reverse=True):
                 depth[kid] = depth[cid] + 1
                 stack.append(kid)
             continue
-        if len(dialogues) >= ARGS.max_per_thread:
+        if len(dialogues) >= args.max_per_thread:
             counts["dropped: chains over --max_per_thread"] += 1
             continue
         chain = [cid]  # a leaf: walk up to where its chain starts
         for _ in range(depth[cid] - 1):
-            chain.append(comments[chain[-1]][3])
+            chain.append(comments[chain[-1]].parent)
         turns, authors = [], []
         for c in reversed(chain):
-            author, text = comments[c][4], comments[c][7]
+            author, text = comments[c].author, comments[c].text
             if authors and authors[-1] == author:  # one author twice in a row: one turn
                 turns[-1] += "\n\n" + text
             else:
                 turns.append(text)
                 authors.append(author)
         history = tuple(turns[:-1])
-        if len(turns) < ARGS.min_turns:
+        if len(turns) < args.min_turns:
             counts["dropped: dialogues with fewer than --min_turns turns"] += 1
-        elif ARGS.two_speakers and len(set(authors)) > 2:
+        elif args.two_speakers and len(set(authors)) > 2:
             counts["dropped: dialogues with more than two authors"] += 1
         elif history in histories:
             counts["dropped: dialogues repeating a history already used"] += 1
@@ -356,20 +363,20 @@ def thread_dialogues(link, submission, comments, counts):
     return dialogues
 
 
-def bucket_dialogues(path):
+def bucket_dialogues(path, args, store_in, store_out):
     """One bucket's threads -> Dialogues. With a thread store (--keep_threads, then --append), a
     thread that began in earlier dumps is continued: its old records join the new ones, and only
     the dialogues that the earlier run did not already emit come out. The threads of this run,
-    old records included, are what the store then keeps."""
+    old records included, are what the store then keeps (store_out)."""
     counts, dialogues, kept = Counter(), [], []
     threads = read_bucket(path) if path.exists() else {}  # none hashed here, maybe
     path.unlink(missing_ok=True)  # free the disk as we go
-    stored = ARGS.store_in / path.name if ARGS.store_in else None
+    stored = store_in / path.name if store_in else None
     old = read_bucket(stored) if stored and stored.exists() else {}
     for link in sorted(threads):
         thread, done = threads[link], set()
         if link in old:  # the earlier run's dialogues of this thread, then the thread whole
-            done = {(tuple(d.turns), d.context) for d in thread_dialogues(link, *old[link], Counter())}
+            done = {(tuple(d.turns), d.context) for d in thread_dialogues(link, *old[link], Counter(), args)}
             for rec in thread_records(thread):
                 add_record(old[link], rec)
             thread = old[link]
@@ -377,16 +384,15 @@ def bucket_dialogues(path):
         submission, comments = thread
         if not comments:
             continue
-        if submission and submission[2] and not ARGS.nsfw:
+        if submission and submission.over_18 and not args.nsfw:
             counts["dropped: over_18 threads"] += 1
         else:
             counts["threads"] += 1
-            dialogues += [d for d in thread_dialogues(link, submission, comments, counts)
+            dialogues += [d for d in thread_dialogues(link, submission, comments, counts, args)
                           if (tuple(d.turns), d.context) not in done]
-    if ARGS.store_out and kept:
-        with open(ARGS.store_out / path.name, "wb") as f:
-            f.write(zstandard.ZstdCompressor(level=3).compress(
-                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept).encode()))
+    if store_out and kept:
+        with open(store_out / path.name, "wb") as f:
+            f.write(zstandard.ZstdCompressor(level=3).compress("".join(map(record_line, kept)).encode()))
     return dialogues, counts
 
 # -----------------------------------------------------------------------------
@@ -411,9 +417,10 @@ def raw_size(path):
     return os.path.getsize(path) * EXPANSION.get(Path(path).suffix, 1)
 
 
-def partition(paths, buckets, report):
+def partition(paths, buckets, report, args):
     """Pass 1: every input line -> its thread's bucket file (zstd frames, appended)."""
     buffers, buffered, cctx = [[] for _ in buckets], 0, zstandard.ZstdCompressor(level=3)
+    parse_lines = functools.partial(parse_batch, args=args, buckets=len(buckets))
 
     def flush():
         for path, buffer in zip(buckets, buffers):
@@ -423,7 +430,7 @@ def partition(paths, buckets, report):
                 buffer.clear()
 
     batches = line_batches(paths, report)
-    for parts, counts, bad in parallel_map(parse_batch, batches, ARGS.workers, 2 * ARGS.workers):
+    for parts, counts, bad in parallel_map(parse_lines, batches, args.workers, 2 * args.workers):
         for where, why in bad:
             report.bad(where, why)
         report.counts.update(counts)
@@ -436,68 +443,68 @@ def partition(paths, buckets, report):
     flush()
 
 
-def read_dialogues(paths, report):
-    """Both passes: paths -> Dialogues, in bucket order, threads sorted by id."""
-    if not paths:
-        sys.exit(f"error: no dump files ({', '.join(PATTERNS)}) in {ARGS.inputs}")
+def read_dialogues(paths, report, args, tmp_root, bucket_count=None, store_in=None, store_out=None):
+    """Both passes: paths -> Dialogues, in bucket order, threads sorted by id. bucket_count defaults
+    to one per BUCKET_BYTES of input; store_in/store_out: the thread store to read/write (main())."""
     raw = sum(raw_size(p) for p in paths)
-    ARGS.buckets = ARGS.buckets or max(1, math.ceil(raw / BUCKET_BYTES))
-    tmp = Path(tempfile.mkdtemp(prefix="buckets-", dir=ARGS.tmp_root))
+    tmp = Path(tempfile.mkdtemp(prefix="buckets-", dir=tmp_root))
+    buckets = [tmp / f"{b:05d}.zst" for b in range(bucket_count or max(1, math.ceil(raw / BUCKET_BYTES)))]
     need, free = raw * TEMP_FRACTION, shutil.disk_usage(tmp).free
     if need > free:
         sys.exit(f"error: the temporary bucket files may need {need / 1e9:.1f} GB but {tmp} has "
                  f"{free / 1e9:.1f} GB free; point --tmp_dir at a bigger disk")
-    print(f"pass 1: {len(paths)} files into {ARGS.buckets} buckets in {tmp} (at most ~{need / 1e9:.2f} GB)")
+    print(f"pass 1: {len(paths)} files into {len(buckets)} buckets in {tmp} (at most ~{need / 1e9:.2f} GB)")
     report.counts["files"] += len(paths)
-    partition(paths, [tmp / f"{b:05d}.zst" for b in range(ARGS.buckets)], report)
-    print(f"pass 2: threads -> dialogues, {ARGS.buckets} buckets")
-    buckets = [tmp / f"{b:05d}.zst" for b in range(ARGS.buckets)]
-    for dialogues, counts in parallel_map(bucket_dialogues, buckets, ARGS.workers, ARGS.workers):
+    partition(paths, buckets, report, args)
+    print(f"pass 2: threads -> dialogues, {len(buckets)} buckets")
+    build = functools.partial(bucket_dialogues, args=args, store_in=store_in, store_out=store_out)
+    for dialogues, counts in parallel_map(build, buckets, args.workers, args.workers):
         report.counts.update(counts)
         yield from dialogues
     shutil.rmtree(tmp, ignore_errors=True)
-    if ARGS.store_out:  # complete: main() may put it in place once the shards are
-        (ARGS.store_out / STORE_INFO).write_text(json.dumps({"buckets": ARGS.buckets, "shard": ARGS.shard}))
+    if store_out:  # complete: main() may put it in place once the shards are
+        (store_out / STORE_INFO).write_text(json.dumps({"buckets": len(buckets), "shard": args.shard}))
 
 
 def main(argv=None):
-    global ARGS
-    ARGS = args = parse_args(argv)
+    args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still removes the temp files
     if args.download:
         download(args.download, RAW / Path(urlparse(args.download).path).name, args.sha256)
-    if not args.inputs:
-        if not (RAW.is_dir() and expand_inputs([str(RAW)], PATTERNS)):
-            sys.exit(no_dumps_help())
-        args.inputs = [str(RAW)]
+    if not args.inputs and not (RAW.is_dir() and expand_inputs([str(RAW)], PATTERNS)):
+        sys.exit(no_dumps_help())
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent)
     out_dir.mkdir(parents=True, exist_ok=True)
-    args.tmp_root = tempfile.mkdtemp(prefix=".reddit-tmp-", dir=args.tmp_dir or out_dir)
     store = out_dir / "threads"
-    args.store_in = store if args.append and (store / STORE_INFO).exists() else None
-    args.store_out = out_dir / "threads.new" if args.keep_threads or args.store_in else None
-    if args.store_in:  # the threads go on in the buckets they were in
+    store_in = store if args.append and (store / STORE_INFO).exists() else None
+    store_out = out_dir / "threads.new" if args.keep_threads or store_in else None
+    bucket_count = args.buckets
+    if store_in:  # the threads go on in the buckets they were in
         info = json.loads((store / STORE_INFO).read_text())
         if info["shard"] != args.shard:
             sys.exit(f"error: {out_dir} holds --shard {info['shard']}'s threads, not {args.shard}'s")
-        args.buckets = info["buckets"]
-    if args.store_out:
-        shutil.rmtree(args.store_out, ignore_errors=True)  # left by an interrupted run
-        args.store_out.mkdir()
+        bucket_count = info["buckets"]
+    if store_out:
+        shutil.rmtree(store_out, ignore_errors=True)  # left by an interrupted run
+        store_out.mkdir()
+    tmp_root = tempfile.mkdtemp(prefix=".reddit-tmp-", dir=args.tmp_dir or out_dir)
+    read = functools.partial(read_dialogues, args=args, tmp_root=tmp_root, bucket_count=bucket_count,
+                             store_in=store_in, store_out=store_out)
     # tokens are encoded in this process: parsing is the bottleneck, and no second pool of chat's
     # is then forked beside ours (fork beside another pool's threads risks deadlocks)
     try:
-        meta = prepare(argparse.Namespace(**{**vars(args), "workers": 1}), read_dialogues, __file__, PATTERNS)
-        if args.store_out and (args.store_out / STORE_INFO).exists():  # this run's threads, for the next --append
+        meta = prepare(argparse.Namespace(**{**vars(args), "inputs": args.inputs or [str(RAW)], "workers": 1}),
+                       read, __file__, PATTERNS)
+        if store_out and (store_out / STORE_INFO).exists():  # this run's threads, for the next --append
             shutil.rmtree(store, ignore_errors=True)
-            os.replace(args.store_out, store)
+            os.replace(store_out, store)
         elif not args.append:  # the dataset was made anew: an old store no longer matches it
             shutil.rmtree(store, ignore_errors=True)
         return meta
     finally:
-        shutil.rmtree(args.tmp_root, ignore_errors=True)
-        if args.store_out:
-            shutil.rmtree(args.store_out, ignore_errors=True)
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        if store_out:
+            shutil.rmtree(store_out, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from chat import (CORRUPT_ERRORS, EOT_TEXT, byte_chunks, make_dialogue, prepare, prepare_parser,
-                  read_lines)
+from chat import EOT_TEXT
+from shards import CORRUPT_ERRORS, byte_chunks, make_dialogue, prepare, prepare_parser, read_lines
 
 START, END = "|aigenerationstart|", "|endofgeneration|"
 MARKER = re.compile(f"({re.escape(START)}|{re.escape(END)})")
