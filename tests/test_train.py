@@ -379,3 +379,20 @@ def test_activation_checkpointing_gives_the_same_gradients():
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for n, g in grads[0].items():
         torch.testing.assert_close(grads[1][n], g, rtol=0, atol=1e-6, msg=n)
+
+
+def test_training_and_chat_need_no_zstandard_or_requests(runs, tmp_path):
+    """A GPU image may have torch, numpy and tiktoken only: train.py and sample.py then still run
+    (only preparing data reads .zst files or downloads)."""
+    tmp, _ = runs
+    blocked = ("import runpy, sys; sys.modules.update(zstandard=None, requests=None)  # importing them fails\n"
+               "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for cmd in (["train.py", f"--dataset={tmp}", f"--out_dir={tmp_path}", *TINY, "--max_iters=2"],
+                ["sample.py", f"--out_dir={tmp_path}", "--device=cpu", "--max_new_tokens=5", "--start=A: hi"]):
+        p = subprocess.run([sys.executable, "-c", blocked, *cmd], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+    p = subprocess.run([sys.executable, "-c", blocked, "data/dailydialog/prepare.py", "--help"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "zstandard" in p.stderr  # the blocking works: prepare does need it
