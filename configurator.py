@@ -12,6 +12,7 @@ go where a float is expected; a None default takes anything). Leaves `config_key
 names, so the caller can record the configuration. Mistakes exit with one line, not a traceback.
 """
 import ast as _ast
+import builtins as _builtins
 import difflib as _difflib
 import sys as _sys
 
@@ -50,6 +51,10 @@ for _arg in _sys.argv[1:]:
         except OSError as _e:
             _sys.exit(f"cannot read config file {_arg}: {_e.strerror}")
         _file_globals = {k: globals()[k] for k in config_keys}  # so a file can use the defaults
+        try:
+            _code = _builtins.compile(_code, _arg, 'exec')  # errors then name the file (compile is a setting)
+        except SyntaxError as _e:
+            _sys.exit(f"{_arg}:{_e.lineno}: {_e.msg}")
         exec(_code, _file_globals)
         for _key, _value in _file_globals.items():
             if not _key.startswith('_') and not isinstance(_value, type(_sys)):  # skip imports

@@ -56,8 +56,11 @@ def test_wrong_type_is_an_error(monkeypatch):
     assert "learning_rate must be float" in error(monkeypatch, "--learning_rate=fast")
 
 
-def test_missing_config_file(monkeypatch):
+def test_missing_or_broken_config_file(monkeypatch, tmp_path):
     assert "cannot read config file nope.py" in error(monkeypatch, "nope.py")
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text("batch_size = 8\nlearning_rate = = 1\n")
+    assert error(monkeypatch, str(cfg)).startswith(f"{cfg}:2: ")  # the file and line, not <string>
 
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in (ROOT / "config").glob("*.py")))
