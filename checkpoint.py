@@ -8,10 +8,12 @@ A sharded checkpoint's ckpt.pt holds everything but the weights and AdamW state,
 folder of shards (ckpt_<iter>.dcp/) that holds those.
 """
 import os
+import pickle
 import re
 import shutil
 import sys
 import tempfile
+import zipfile
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -21,13 +23,23 @@ import chat
 
 
 def load(path, device='cpu'):
-    """torch.load a checkpoint (tensors and plain Python only), naming the file if that fails."""
+    """torch.load a checkpoint: tensors and plain Python only, never other pickled objects (they
+    could run code). Errors name the file and say what is wrong with it."""
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint at {path}") from None
     except Exception as e:
-        raise RuntimeError(f"could not load checkpoint {path}: {e}") from e
+        size = os.path.getsize(path) if os.path.isfile(path) else 0
+        if not os.path.isfile(path):
+            why = "it is not a file"
+        elif size == 0:
+            why = "the file is empty"
+        elif isinstance(e, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+            why = "it holds objects other than tensors and plain Python, which are not loaded"
+        else:
+            why = f"it is not a whole PyTorch checkpoint ({size:,} bytes): cut off, damaged or another kind of file"
+        raise RuntimeError(f"could not load checkpoint {path}: {why}") from None
 
 
 def load_start(path, dataset, resume, fsdp):
@@ -105,18 +117,20 @@ def restore(ckpt, out_dir, model, optimizer):
         optimizer.load_state_dict(ckpt['optimizer'])
 
 
-def resume_changes(ckpt, config, arch_keys, world_size, train_tokens):
-    """What differs between a checkpoint's run and the run resuming it, one line each: settings
-    (the architecture stays the checkpoint's), the world size, datasets that grew."""
+def resume_message(path, ckpt, config, world_size, train_tokens):
+    """'resuming <path> at iter N', and what differs between the checkpoint's run and the run
+    resuming it, one line each: settings (the architecture stays the checkpoint's), the world
+    size, datasets that grew."""
+    arch = set(ckpt['model_args']) - {'dropout'}
     changes = [f"world size {ckpt['world_size']} -> {world_size}"] * (ckpt.get('world_size', world_size) != world_size)
     for k, v in config.items():
         old = ckpt['config'].get(k, v)
         if k != 'init_from' and old != v:
-            changes.append(f"{k} stays the checkpoint's {old!r}, not {v!r}" if k in arch_keys else f"{k} {old!r} -> {v!r}")
+            changes.append(f"{k} stays the checkpoint's {old!r}, not {v!r}" if k in arch else f"{k} {old!r} -> {v!r}")
     for name, n in train_tokens.items():
         if ckpt.get('train_tokens', {}).get(name, n) != n:
             changes.append(f"{name} has {n:,} train tokens, {ckpt['train_tokens'][name]:,} before")
-    return changes
+    return "\n  ".join([f"resuming {path} at iter {ckpt['iter_num']}" + (", changed:" if changes else "")] + changes)
 
 
 def gather_shards(ckpt, path):

@@ -9,6 +9,7 @@ takes float32. sample.py generates in float32 on every CPU: decoding one token a
 by reading the weights, and autocast re-casts them for every token (~2x slower than float32).
 """
 import ctypes
+import sys
 
 import torch
 import torch.distributed
@@ -22,6 +23,26 @@ def default_device():
     if torch.backends.mps.is_available():
         return 'mps'
     return 'cpu'
+
+
+def choose(device=None, dtype=None, generating=False):
+    """(device, device type, dtype): what a run asked for, or the defaults (see above). Exits with
+    one line naming the setting when it cannot run here."""
+    device = device or default_device()
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        sys.exit(f"device {device!r} is not a device: 'cpu', 'cuda', 'cuda:1', 'mps'")
+    if kind not in ('cpu', 'cuda', 'mps'):
+        sys.exit(f"device {device!r}: only 'cpu', 'cuda' and 'mps' are supported")
+    if kind == 'cuda' and not torch.cuda.is_available() or kind == 'mps' and not torch.backends.mps.is_available():
+        sys.exit(f"device {device!r}: torch sees no such GPU on this machine")
+    dtype = dtype or default_dtype(device, generating)
+    if dtype not in DTYPES:
+        sys.exit(f"dtype must be 'float32', 'bfloat16' or 'float16', not {dtype!r}")
+    if kind == 'cpu' and dtype == 'float16':
+        print("warning: float16 on a CPU has no fast kernels (slower than float32): use bfloat16 or float32")
+    return device, kind, dtype
 
 
 def default_dtype(device, generating=False):

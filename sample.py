@@ -17,7 +17,7 @@ import torch
 
 import chat
 import checkpoint
-from machine import autocast, default_device, default_dtype
+from machine import autocast, choose
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -32,7 +32,7 @@ top_k = 200                # 0 or None = off
 top_p = 0.95               # 1.0 or None = off
 repetition_penalty = 1.0
 seed = 1337
-device = default_device()
+device = None              # 'cpu', 'cuda', 'mps'; default: the best there is
 dtype = None               # default: bf16/fp16 on GPUs, fp32 on CPUs (see machine.py)
 compile = False
 interactive = False
@@ -42,14 +42,38 @@ serve = -1                 # a port (0: any free one): answer chats over HTTP on
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
-device_type = device.split(':')[0]
-dtype = dtype or default_dtype(device, generating=True)
+
+
+def sampling_problem(temperature, top_k, top_p):
+    """Why sampling settings cannot be used, in one line, or None: the one check for the command
+    line, the chat's /commands and HTTP requests alike."""
+    number = (int, float)
+    if isinstance(temperature, bool) or not isinstance(temperature, number) or not temperature >= 0 \
+            or temperature == float('inf'):
+        return f"temperature must be a number >= 0 (0 = greedy), not {temperature!r}"
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        return f"top_k must be a whole number >= 0 (0 = off), not {top_k!r}"
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, number) or not 0 < top_p <= 1):
+        return f"top_p must be a number in (0, 1] (1 = off), not {top_p!r}"
+    return None
+
+
+for problem in (sampling_problem(temperature, top_k, top_p),
+                f"num_samples must be at least 1, not {num_samples}" if num_samples < 1 else None,
+                f"max_new_tokens must be at least 1, not {max_new_tokens}" if max_new_tokens < 1 else None,
+                f"repetition_penalty must be > 0, not {repetition_penalty}" if not repetition_penalty > 0 else None):
+    if problem:
+        sys.exit(problem)
+device, device_type, dtype = choose(device, dtype, generating=True)
 torch.manual_seed(seed)
 generator = torch.Generator(device=device).manual_seed(seed)
 ctx = autocast(device_type, dtype)
 
 if init_from == 'resume' or init_from.endswith('.pt'):
-    ckpt = checkpoint.load(init_from if init_from.endswith('.pt') else os.path.join(out_dir, 'ckpt.pt'), device)
+    try:
+        ckpt = checkpoint.load(init_from if init_from.endswith('.pt') else os.path.join(out_dir, 'ckpt.pt'), device)
+    except (FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
     model = GPT.from_checkpoint(ckpt)
     tok = chat.load_tokenizer(ckpt['meta'])
 else:  # OpenAI's GPT-2 or a local Hugging Face GPT-2 folder
@@ -98,6 +122,7 @@ def chat_prompt(turns, persona):
 def chat_loop():
     global temperature, top_k, top_p
     tty = sys.stdin.isatty()
+    sys.stdin.reconfigure(errors='replace')  # bytes that are not UTF-8 become U+FFFD, not a crash
     persona = from_file(context).strip() or None
     history = []
     if tty:
@@ -117,13 +142,17 @@ def chat_loop():
             elif cmd == '/reset':
                 history = []
             elif cmd in ('/temp', '/top_k', '/top_p') and arg:
-                value = float(arg) if cmd != '/top_k' else int(arg)
-                if cmd == '/temp':
-                    temperature = value
-                elif cmd == '/top_k':
-                    top_k = value
+                try:
+                    value = float(arg) if cmd != '/top_k' else int(arg)
+                except ValueError:
+                    value = arg
+                settings = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+                settings[{'/temp': 'temperature', '/top_k': 'top_k', '/top_p': 'top_p'}[cmd]] = value
+                problem = sampling_problem(**settings)
+                if problem:  # say why, and the chat goes on
+                    print(f"{cmd} {arg}: {problem}")
                 else:
-                    top_p = value
+                    temperature, top_k, top_p = settings.values()
             else:
                 print(f"unknown command {line!r}: /reset, /temp X, /top_k N, /top_p P, /quit")
             continue

@@ -14,8 +14,7 @@ DDP over the 4 GPUs of one node:
 $ torchrun --standalone --nproc_per_node=4 train.py config/finetune_chat.py
 Two nodes of 8 GPUs: run on each (node_rank 0 on the master; NCCL_IB_DISABLE=1 without InfiniBand)
 $ torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py ...
-A model too big for DDP (weights, gradients and AdamW state on every GPU), e.g. GPT-2 XL on 24 GB cards:
-$ torchrun --standalone --nproc_per_node=4 train.py config/finetune_chat.py --init_from=gpt2-xl --fsdp
+A model too big for DDP (GPT-2 XL on 24 GB cards): the same with --init_from=gpt2-xl --fsdp
 """
 
 import math
@@ -35,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import chat
 import checkpoint
-from machine import DTYPES, autocast, default_device, default_dtype, join_torchrun, peak_flops, tune_process
+from machine import autocast, choose, join_torchrun, peak_flops, tune_process
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -103,17 +102,19 @@ compile = None  # torch.compile the model; None: on CUDA only (a CPU run rarely 
 seed = 1337
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-device = device or default_device()
-device_type = device.split(':')[0]
-dtype = dtype or default_dtype(device)
+# the settings' checks, all before any work: one line naming the setting, never a traceback
+device, device_type, dtype = choose(device, dtype)
 backend = backend or ('nccl' if device_type == 'cuda' else 'gloo')
 compile = device_type == 'cuda' if compile is None else compile
+try:
+    GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout)
+except ValueError as e:
+    sys.exit(str(e))
+for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters', 'max_nan_steps'):
+    if globals()[k] < 1:
+        sys.exit(f"{k} must be at least 1, not {globals()[k]}")
 if train_on not in ('all', 'B', 'replies'):
     sys.exit(f"train_on must be 'all', 'B' or 'replies', not {train_on!r}")
-if dtype not in DTYPES:
-    sys.exit(f"dtype must be 'float32', 'bfloat16' or 'float16', not {dtype!r}")
-if device_type == 'cpu' and dtype == 'float16':
-    print("warning: float16 on a CPU has no fast kernels (slower than float32): use bfloat16 or float32")
 if fsdp and ('RANK' not in os.environ or dtype == 'float16'):
     sys.exit("fsdp shards over the ranks of a torchrun launch (--nproc_per_node=1 is one), in bfloat16 or float32")
 # tests only, never a setting: 'kill:K' SIGKILL after iter K, 'term:K' SIGTERM to rank 0, 'nan:K' NaN loss at K
@@ -225,9 +226,7 @@ train_tokens = {d.name: len(d.splits['train'][0]) for d in datasets}
 schedule_from = schedule_start if schedule_start is not None else ckpt.get('schedule_start', 0) if resume else 0
 if resume:
     iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
-    arch = set(model_args) - {'dropout'}
-    changes = checkpoint.resume_changes(ckpt, user_config, arch, world_size, train_tokens)
-    log("\n  ".join([f"resuming {ckpt_path} at iter {iter_num}" + (", changed:" if changes else "")] + changes))
+    log(checkpoint.resume_message(ckpt_path, ckpt, user_config, world_size, train_tokens))
 model.to(device)
 if fsdp:
     for block in model.transformer.h:
@@ -301,8 +300,7 @@ def estimate_loss(model):
 
 
 def sample_reply(model, tok, message):
-    """The model's reply, as B, to message: the prompt and the end of the turn are chat.py's,
-    as in sample.py."""
+    """The model's reply, as B, to message: prompt and end of turn are chat.py's, as in sample.py."""
     prompt = torch.tensor([chat.reply_prompt(tok, [message], max_tokens=block_size // 2)], device=device)
     reply = chat.Reply(tok)
     model.eval()

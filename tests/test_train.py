@@ -396,3 +396,31 @@ def test_training_and_chat_need_no_zstandard_or_requests(runs, tmp_path):
     p = subprocess.run([sys.executable, "-c", blocked, "data/dailydialog/prepare.py", "--help"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "zstandard" in p.stderr  # the blocking works: prepare does need it
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("--n_layer=-2", "n_layer must be at least 1, not -2"),
+    ("--n_head=3", "n_embd=32 must be a multiple of n_head=3"),
+    ("--batch_size=0", "batch_size must be at least 1, not 0"),
+    ("--device=cdua", "device 'cdua' is not a device"),
+    ("--dropout=1.5", "dropout must be in [0, 1)"),
+])
+def test_bad_settings_stop_before_any_work(runs, tmp_path, setting, message):
+    tmp, _ = runs
+    p = train(tmp, tmp_path / "out", setting, check=False)
+    assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_damaged_checkpoints_say_what_is_wrong(runs, tmp_path):
+    tmp, _ = runs
+    for name, data, why in (("empty", b"", "the file is empty"),
+                            ("noise", bytes(random.Random(0).randrange(256) for _ in range(4096)),
+                             "it is not a whole PyTorch checkpoint (4,096 bytes)"),
+                            ("cut", (tmp / "full" / "ckpt.pt").read_bytes()[:5000], "it is not a whole PyTorch checkpoint")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ckpt.pt").write_bytes(data)
+        p = train(tmp, tmp_path / name, "--init_from=resume", check=False)
+        assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+        assert f"could not load checkpoint {tmp_path / name / 'ckpt.pt'}: {why}" in p.stderr
+        assert "weights_only" not in p.stderr  # never the advice to unpickle anything
