@@ -188,6 +188,10 @@ class TiktokenTokenizer:
     def decode(self, ids):
         return self.enc.decode(ids)
 
+    def token_bytes(self):
+        """The UTF-8 length of each id's text (eot: 0), for bits per byte."""
+        return [0 if i == self.eot else len(self.enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)]
+
 
 # the GPT-2 pre-tokenizer split, which HF's ByteLevel pre-tokenizer also uses
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -275,6 +279,9 @@ class CharTokenizer:
 
     def decode(self, ids):
         return "".join(self.alphabet[i] for i in ids if i < len(self.alphabet))
+
+    def token_bytes(self):
+        return [len(c.encode("utf-8")) for c in self.alphabet] + [0]
 
 
 def load_tokenizer(spec):
