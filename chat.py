@@ -116,6 +116,21 @@ def encode_prompt(tok, text):
     return ids
 
 
+def trained_targets(train_on, targets, roles, eot):
+    """Which targets a model learns from (a bool array, numpy or torch) when it trains on 'all'
+    (every token), 'B' (B's turns) or 'replies' (every turn but each dialogue's first). A turn's
+    label and closing separator belong to it, so the model learns to end its turns. Under 'B' and
+    'replies' eot and context tokens are read but not learnt; plain text outside any dialogue
+    (roles 0, a pretraining set in a mixture) is learnt whatever train_on says."""
+    if train_on == "all":
+        return roles == roles
+    speaker = roles & 15
+    plain = (roles == 0) & (targets != eot)
+    if train_on == "B":
+        return plain | (speaker == 2)
+    return plain | ((speaker != 0) & ((roles & ROLE_FIRST_TURN) == 0))
+
+
 def ends_with_label(text):
     """Does the prompt end with a speaker label ('...\n\n\nB:'), i.e. ask for one turn?"""
     return re.search(r"(^|\n)\w+:$", text) is not None

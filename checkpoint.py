@@ -7,6 +7,7 @@ for the same file. Every file loads with torch.load(weights_only=True): tensors 
 A sharded checkpoint's ckpt.pt holds everything but the weights and AdamW state, and names the
 folder of shards (ckpt_<iter>.dcp/) that holds those.
 """
+import json
 import os
 import pickle
 import re
@@ -131,6 +132,23 @@ def resume_message(path, ckpt, config, world_size, train_tokens):
         if ckpt.get('train_tokens', {}).get(name, n) != n:
             changes.append(f"{name} has {n:,} train tokens, {ckpt['train_tokens'][name]:,} before")
     return "\n  ".join([f"resuming {path} at iter {ckpt['iter_num']}" + (", changed:" if changes else "")] + changes)
+
+
+def open_log(out_dir, iter_num):
+    """out_dir/log.jsonl, opened to append one JSON object per logged iteration and eval. A run
+    resumed at iter_num first drops what its lost steps logged (iterations after iter_num, evals
+    from it on, which it does again); a new run (iter_num 0) starts it empty."""
+    path = os.path.join(out_dir, 'log.jsonl')
+    kept = []
+    if iter_num and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                entry = json.loads(line)
+                if entry['iter'] < iter_num or entry['iter'] == iter_num and 'loss' in entry:
+                    kept.append(line)
+    with chat.atomic_write(path, 'w') as f:
+        f.writelines(kept)
+    return open(path, 'a')
 
 
 def gather_shards(ckpt, path):

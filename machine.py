@@ -9,6 +9,7 @@ takes float32. sample.py generates in float32 on every CPU: decoding one token a
 by reading the weights, and autocast re-casts them for every token (~2x slower than float32).
 """
 import ctypes
+import signal
 import sys
 
 import torch
@@ -78,6 +79,20 @@ def tune_process(device_type):
         torch.backends.cudnn.allow_tf32 = True
     if device_type == 'cpu':
         keep_freed_memory()
+
+
+class StopRequest:
+    """Turns SIGTERM and SIGINT into a request: .signal is set, and the loop that checks it stops
+    where it can (train.py: after the step in flight, saving a checkpoint). A second one kills at once."""
+
+    def __init__(self):
+        self.signal = 0
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self.request)
+
+    def request(self, signum, frame):
+        self.signal = signum
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def keep_freed_memory():

@@ -17,6 +17,7 @@ $ torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --
 A model too big for DDP (GPT-2 XL on 24 GB cards): the same with --init_from=gpt2-xl --fsdp
 """
 
+import json
 import math
 import os
 import signal
@@ -34,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import chat
 import checkpoint
-from machine import autocast, choose, join_torchrun, peak_flops, tune_process
+from machine import StopRequest, autocast, choose, join_torchrun, peak_flops, tune_process
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -59,11 +60,8 @@ wandb_project = 'nanotalk'
 wandb_run_name = 'run'
 # data
 dataset = 'dailydialog_char'  # a folder under data/ or a path; a mixture: 'webtext:0.5,reddit:0.3,dailydialog:0.2'
-# which targets the loss trains on: 'all' (every token); 'B' (B's turns); 'replies' (every turn but
-# each dialogue's first). A turn's label and closing separator belong to it, so the model learns to
-# end its turns. Under 'B' and 'replies', eot and context tokens are read but not trained (no eot is
-# learned: a reply ends at the separator), and plain text outside dialogues (a pretraining set in a
-# mixture) is trained as under 'all'
+# the targets the loss trains on: 'all' (every token), 'B' (B's turns) or 'replies' (every turn but each
+# dialogue's first); a turn's label and separator belong to it (see chat.trained_targets)
 train_on = 'all'
 gradient_accumulation_steps = 1  # micro-steps per optimizer step, over all ranks together
 batch_size = 16  # sequences per micro-step
@@ -81,6 +79,9 @@ fsdp = False
 # AdamW
 learning_rate = 1e-3
 max_iters = 2000  # optimizer steps in all
+# > 0: train for this many minutes of wall time instead. max_iters and lr_decay_iters are then set once,
+# from the time the first eval and 10 steps took; the log says so, and a resume keeps them
+max_minutes = 0.0
 weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.99
@@ -174,20 +175,9 @@ def get_batch(split, step, micro, source=None):
     return [t.to(device) for t in batch]
 
 
-def train_mask(y, roles):
-    """The targets train_on trains on (see its comment above)."""
-    if train_on == 'all':
-        return torch.ones_like(y, dtype=torch.bool)
-    speaker = roles & 15
-    plain = (roles == 0) & (y != eot)  # text outside any dialogue
-    if train_on == 'B':
-        return plain | (speaker == 2)
-    return plain | ((speaker != 0) & ((roles & chat.ROLE_FIRST_TURN) == 0))
-
-
 # model
 user_config = {k: globals()[k] for k in config_keys}  # before a checkpoint's architecture overrides it
-iter_num, best_val_loss, ckpt = 0, float('inf'), None
+iter_num, best_val_loss, ckpt, budget_pending = 0, float('inf'), None, max_minutes > 0
 torch.manual_seed(seed)  # the same initial weights on every rank
 if init_from.startswith('auto'):  # rerunning the same command continues the run
     init_from = 'resume' if os.path.exists(os.path.join(out_dir, 'ckpt.pt')) else init_from[5:] or 'scratch'
@@ -226,6 +216,10 @@ train_tokens = {d.name: len(d.splits['train'][0]) for d in datasets}
 schedule_from = schedule_start if schedule_start is not None else ckpt.get('schedule_start', 0) if resume else 0
 if resume:
     iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+    if budget_pending and ckpt['config'].get('max_minutes') == max_minutes:  # the schedule its budget fixed
+        budget_pending = False
+        for k in ('max_iters', 'lr_decay_iters'):
+            config[k] = user_config[k] = globals()[k] = ckpt['config'][k]
     log(checkpoint.resume_message(ckpt_path, ckpt, user_config, world_size, train_tokens))
 model.to(device)
 if fsdp:
@@ -263,9 +257,8 @@ def get_lr(it):
 @torch.no_grad()
 def estimate_loss(model):
     """Losses over the same eval_iters batches every time, shared among the ranks (so they do not
-    depend on their number). 'train' and 'val' are the loss on train_on's targets; a mixture adds
-    each dataset's (val/<name>; 'val' is their weighted mean); val/A and val/B are the loss on
-    each speaker's turns, whatever train_on is."""
+    depend on their number): 'train' and 'val' on train_on's targets; a mixture adds each dataset's
+    (val/<name>; 'val' is their weighted mean); val/A and val/B on each speaker's turns."""
     model.eval()
 
     def sums(split, source):  # loss sum and count of: the trained targets, A's, B's
@@ -277,7 +270,8 @@ def estimate_loss(model):
             if k >= eval_iters:
                 continue  # a forward only to match the other ranks' count: FSDP's need all of them
             losses = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction='none').view_as(y)
-            for i, mask in enumerate((train_mask(y, roles), (roles & 15) == 1, (roles & 15) == 2)):
+            trained = chat.trained_targets(train_on, y, roles, eot)
+            for i, mask in enumerate((trained, (roles & 15) == 1, (roles & 15) == 2)):
                 acc[2 * i:2 * i + 2] += torch.stack((torch.where(mask, losses, 0.0).sum(), mask.sum()))
         if ddp:
             dist.all_reduce(acc)
@@ -326,28 +320,26 @@ def save_checkpoint(is_best):
         dist.barrier()  # the others wait here rather than inside a gradient all-reduce
 
 
+def record(**values):
+    """One line of out_dir/log.jsonl (plot.py draws it), and a wandb step when logging there."""
+    values = dict(iter=iter_num, tokens=iter_num * tokens_per_iter, time=round(time.time(), 3), **values)
+    if master:
+        print(json.dumps(values), file=run_log, flush=True)
+        if wandb_log:
+            wandb.log(values)
+
+
 def duration(seconds):
     s = int(seconds)
     return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-stop_signal = 0
-
-
-def request_stop(signum, frame):
-    """SIGTERM (preemption; torchrun passes it on) or Ctrl-C: the step in flight finishes, a
-    checkpoint is saved, the run exits. A second one kills at once."""
-    global stop_signal
-    stop_signal = signum
-    signal.signal(signum, signal.SIG_DFL)
-
-
-for s in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(s, request_stop)
+stop = StopRequest()  # SIGTERM (preemption; torchrun passes it on) or Ctrl-C: save at the end of the step, exit
 if wandb_log and master:
     import wandb
     wandb_id = wandb.init(project=wandb_project, name=wandb_run_name, config=config, id=wandb_id,
                           resume='allow' if wandb_id else None).id
+run_log = checkpoint.open_log(out_dir, iter_num if resume else 0) if master else None
 tok = chat.load_tokenizer(meta) if eval_sample else None
 flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
 peak = peak_flops(device, dtype)  # None where no true peak is known (CPUs): no MFU then
@@ -359,18 +351,19 @@ while True:
     for group in optimizer.param_groups:
         group['lr'] = lr
     if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
+        t_eval = time.time()
         losses = estimate_loss(model)
         log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}" +
             "".join(f", {k} {v:.4f}" for k, v in losses.items() if '/' in k))
-        if wandb_log and master:
-            wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'],
-                       **{k: v for k, v in losses.items() if '/' in k}})
+        record(**{'train/loss': losses['train'], 'val/loss': losses['val']},
+               **{k: v for k, v in losses.items() if '/' in k})
         if eval_sample and (master or fsdp):  # a sharded model needs all ranks for each forward
             reply = sample_reply(raw_model, tok, eval_sample)
             log(f"sample: A: {eval_sample} -> B: {reply}")
             if wandb_log and master:
                 wandb.log({'iter': iter_num, 'sample': wandb.Table(columns=['iter', 'A', 'B'],
                                                                    data=[[iter_num, eval_sample, reply]])})
+        eval_seconds = time.time() - t_eval
         is_best = losses['val'] < best_val_loss
         best_val_loss = min(best_val_loss, losses['val'])
         if iter_num > start_iter and (is_best or always_save_checkpoint):
@@ -385,7 +378,7 @@ while True:
     batches = []
     for micro in range(accum_steps):
         x, y, roles = get_batch('train', iter_num, rank + micro * world_size)
-        y = y.masked_fill(~train_mask(y, roles), -1)
+        y = y.masked_fill(~chat.trained_targets(train_on, y, roles, eot), -1)
         batches.append((x, y, (y != -1).sum()))  # and the count of its trained targets
     n_trained = sum(n for _, _, n in batches).float()
     if ddp:
@@ -405,7 +398,7 @@ while True:
             scaler.scale(loss * world_size / n_trained).backward()  # x world_size undoes that average
         loss_sum += loss.detach()
     # one all-reduce agrees on the step's loss (a NaN on any rank makes it NaN on all) and on stopping
-    stats = torch.stack((loss_sum / n_trained, torch.tensor(float(stop_signal), device=device)))
+    stats = torch.stack((loss_sum / n_trained, torch.tensor(float(stop.signal), device=device)))
     if ddp:
         dist.all_reduce(stats)
     lossf, stopping = stats.tolist()
@@ -425,6 +418,13 @@ while True:
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
     steps_timed += 1
+    if budget_pending and iter_num == start_iter + 10:  # max_minutes: the steps and evals that fit
+        step_seconds = (time.time() - t_start - eval_seconds) / 10
+        steps = (max_minutes * 60 - (time.time() - t_start) - eval_seconds) / (step_seconds + eval_seconds / eval_interval)
+        max_iters = lr_decay_iters = config['max_iters'] = config['lr_decay_iters'] = iter_num + max(0, int(steps))
+        budget_pending = False
+        log(f"max_minutes {max_minutes}: {max_iters} iterations in all ({step_seconds * 1000:.0f} ms a step, "
+            f"{eval_seconds:.1f} s an eval)")
 
     if iter_num % log_interval == 0 or iter_num == max_iters:
         dt = (time.time() - t_last) / steps_timed
@@ -433,12 +433,11 @@ while True:
         eta = (max_iters - iter_num) * (time.time() - t_start) / (iter_num - iter_start)
         log(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.1f}ms, tok/s {tokens_per_iter / dt:.0f}, "
             f"mfu {f'{mfu * 100:.1f}%' if mfu else 'n/a'}, eta {duration(eta)}")
-        if wandb_log and master:
-            wandb.log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'tok/s': tokens_per_iter / dt,
-                       **({'mfu': mfu * 100} if mfu else {})})
+        record(loss=lossf, lr=lr, ms=round(dt * 1000, 2), **{'tok/s': tokens_per_iter / dt},
+               **({'mfu': mfu * 100} if mfu else {}))
     if stopping:
         save_checkpoint(False)
-        finish(128 + (stop_signal or signal.SIGTERM),
+        finish(128 + (stop.signal or signal.SIGTERM),
                f"stopped by a signal at iter {iter_num}; rerun with --init_from=auto (or resume) to continue")
     if faults.get('kill') == iter_num:
         os.kill(os.getpid(), signal.SIGKILL)
