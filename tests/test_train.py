@@ -448,3 +448,11 @@ def test_max_minutes_fixes_the_schedule_once_and_resume_keeps_it(runs, tmp_path)
     assert not log_lines(p.stdout, "max_minutes") and log_lines(p.stdout, "iter ")[-1].startswith(f"iter {n}: ")
     train(tmp, tmp_path / "fixed", f"--max_iters={n}", f"--lr_decay_iters={n}", "--warmup_iters=10", "--eval_interval=50")
     assert_same_weights(load(tmp_path / "fixed" / "ckpt.pt"), load(tmp_path / "budget" / "ckpt.pt"))
+
+
+def test_plot_draws_the_log(runs, tmp_path):
+    tmp, _ = runs
+    png = tmp_path / "loss.png"
+    subprocess.run([sys.executable, "plot.py", str(tmp / "full"), str(tmp / "full"), f"--to={png}"], cwd=ROOT,
+                   check=True, capture_output=True, timeout=120)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
