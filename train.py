@@ -80,7 +80,7 @@ fsdp = False
 learning_rate = 1e-3
 max_iters = 2000  # optimizer steps in all
 # > 0: train for this many minutes of wall time instead. max_iters and lr_decay_iters are then set once,
-# from the time the first eval and 10 steps took; the log says so, and a resume keeps them
+# after 15 steps, from the time an eval and a step take; the log says so, and a resume keeps them
 max_minutes = 0.0
 weight_decay = 0.1
 beta1 = 0.9
@@ -418,8 +418,10 @@ while True:
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
     steps_timed += 1
-    if budget_pending and iter_num == start_iter + 10:  # max_minutes: the steps and evals that fit
-        step_seconds = (time.time() - t_start - eval_seconds) / 10
+    if budget_pending and iter_num == start_iter + 5:
+        t_steps = time.time()  # the first steps are slower (memory grows): time the next 10
+    if budget_pending and iter_num == start_iter + 15:  # max_minutes: the steps and evals that fit
+        step_seconds = (time.time() - t_steps) / 10
         steps = (max_minutes * 60 - (time.time() - t_start) - eval_seconds) / (step_seconds + eval_seconds / eval_interval)
         max_iters = lr_decay_iters = config['max_iters'] = config['lr_decay_iters'] = iter_num + max(0, int(steps))
         budget_pending = False

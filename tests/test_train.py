@@ -435,18 +435,18 @@ def test_damaged_checkpoints_say_what_is_wrong(runs, tmp_path):
 
 
 def test_max_minutes_fixes_the_schedule_once_and_resume_keeps_it(runs, tmp_path):
-    """A wall-clock budget: the iterations that fit are set once after 10 steps (during warmup, so
+    """A wall-clock budget: the iterations that fit are set once after 15 steps (during warmup, so
     the steps before do not depend on it), said in the log and kept by a resume; the run then ends
     exactly as one given that number of iterations from the start."""
     tmp, _ = runs
-    budget = ["--max_minutes=0.1", "--warmup_iters=10", "--eval_interval=50", "--init_from=auto"]
-    p = train(tmp, tmp_path / "budget", *budget, fault="term:12", check=False)
+    budget = ["--max_minutes=0.1", "--warmup_iters=15", "--eval_interval=50", "--init_from=auto"]
+    p = train(tmp, tmp_path / "budget", *budget, fault="term:17", check=False)
     [line] = log_lines(p.stdout, "max_minutes 0.1: ")
     n = int(line.split()[2])
-    assert n > 12 and load(tmp_path / "budget" / "ckpt.pt")["config"]["lr_decay_iters"] == n, p.stdout
+    assert n > 17 and load(tmp_path / "budget" / "ckpt.pt")["config"]["lr_decay_iters"] == n, p.stdout
     p = train(tmp, tmp_path / "budget", *budget)
     assert not log_lines(p.stdout, "max_minutes") and log_lines(p.stdout, "iter ")[-1].startswith(f"iter {n}: ")
-    train(tmp, tmp_path / "fixed", f"--max_iters={n}", f"--lr_decay_iters={n}", "--warmup_iters=10", "--eval_interval=50")
+    train(tmp, tmp_path / "fixed", f"--max_iters={n}", f"--lr_decay_iters={n}", "--warmup_iters=15", "--eval_interval=50")
     assert_same_weights(load(tmp_path / "fixed" / "ckpt.pt"), load(tmp_path / "budget" / "ckpt.pt"))
 
 
