@@ -1,4 +1,5 @@
-# make demo: prepare DailyDialog (char-level), train a small chat model on the CPU, chat with it.
+# make demo: prepare DailyDialog (a BPE of its own), train a small chat model for 4 minutes on the
+#   CPU, score it on held-out dialogues, draw its loss curves, chat with it. DTYPE=float32 forces fp32.
 # make test: the test suite. Both install into .venv from requirements.txt first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,13 +9,16 @@ ifneq ($(wildcard $(SHARED)/tiktoken_cache),)
 export TIKTOKEN_CACHE_DIR ?= $(SHARED)/tiktoken_cache
 endif
 DEMO_DATA ?= $(wildcard $(SHARED)/data/dailydialog/dialogues_validation.txt)
+DTYPE ?=
 
 .PHONY: demo test
 demo: $(VENV)/.installed
-	$(PY) data/dailydialog/prepare.py $(DEMO_DATA) --tokenizer char --out_dir data/dailydialog_char
-	$(PY) train.py config/train_chat_char.py
+	$(PY) data/dailydialog/prepare.py $(DEMO_DATA) --tokenizer bpe:8192 --out_dir data/dailydialog_demo
+	$(PY) train.py config/train_chat_demo.py $(if $(DTYPE),--dtype=$(DTYPE))
+	$(PY) eval.py --out_dir=out-chat-demo
+	$(PY) plot.py out-chat-demo
 	printf 'Hi, how are you today?\nWhat do you do for a living?\nWhere should we go for dinner?\n' | \
-		$(PY) sample.py --out_dir=out-chat-char --interactive
+		$(PY) sample.py --out_dir=out-chat-demo --interactive
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

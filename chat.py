@@ -38,9 +38,15 @@ def speaker_role(turn_index):
 
 @dataclass
 class Dialogue:
-    turns: list            # messages (str), speakers alternate A, B, A, ...
+    turns: list            # messages (str), speakers alternate A, B, A, ... (a ContextTurn is neither's)
     context: str = None    # optional persona / title block
     key: str = None        # what decides the train/val split (e.g. a thread id); default: content
+
+
+class ContextTurn(str):
+    """A turn of neither speaker among a Dialogue's turns, e.g. a tool's output: rendered where it
+    falls as a Context: turn (role bits ROLE_CONTEXT, read but not trained on under train_on B or
+    replies), outside the A/B alternation."""
 
 
 @dataclass
@@ -60,11 +66,22 @@ def normalize(message):
     return re.sub(r"\n{3,}", "\n\n", message).strip()
 
 
+CONTRACTION = re.compile(r"(\w+) ?(['’‘]) ?(s|t|re|ve|m|ll|d)\b", re.I)
+
+
 def detokenize(text):
-    """Undo the space tokenization of research dialogue corpora: "hi , it 's $ 5 ." -> "hi, it's $5."."""
+    """Undo the space tokenization of research dialogue corpora: "hi , it 's $ 5 ." -> "hi, it's $5.",
+    and what DailyDialog leaves besides: "I ’ Ve" -> "I’ve" (a contraction is lower case unless
+    the word before is: "IT ’ S" stays "IT’S"), "do n't" -> "don't", "o ’ clock" -> "o’clock",
+    "months ’ pay" -> "months’ pay", "3 - piece" -> "3-piece", 'say " ah "' -> 'say "ah"'."""
     text = re.sub(r" ([.,!?;:%)])", r"\1", text)
     text = re.sub(r"([($]) ", r"\1", text)
-    return re.sub(r" ?(['’]) ?(s|t|re|ve|m|ll|d)\b", r"\1\2", text)
+    text = re.sub(r" (n['’]t)\b", r"\1", text, flags=re.I)
+    text = CONTRACTION.sub(lambda m: m[1] + m[2] + (m[3] if m[1].isupper() and len(m[1]) > 1 else m[3].lower()), text)
+    text = re.sub(r"(?<=s) ’ ", "’ ", text)  # a plural's possessive
+    text = re.sub(r"(?<=\w) ([’‘]) (?=\w)", r"\1", text)  # curly apostrophes inside a word (a straight ' may be a quote)
+    text = re.sub(r"(?<=\d) - (?=\w)", "-", text)
+    return re.sub(r'"\s*([^"]*?)\s*"', r'"\1"', text)
 
 
 def turn_text(label, message):
@@ -75,8 +92,13 @@ def dialogue_pieces(turns, context=None):
     """The blocks of a dialogue after its eot as (text, role byte): the optional context block,
     then one per turn. render encodes them one by one; the shard writer batches them."""
     pieces = [(turn_text(CONTEXT_LABEL, context), ROLE_CONTEXT)] if context else []
-    for i, message in enumerate(turns):
+    i = 0  # speaker turns so far
+    for message in turns:
+        if isinstance(message, ContextTurn):
+            pieces.append((turn_text(CONTEXT_LABEL, message), ROLE_CONTEXT))
+            continue
         pieces.append((turn_text(LABELS[i % len(LABELS)], message), speaker_role(i) | (ROLE_FIRST_TURN if i == 0 else 0)))
+        i += 1
     return pieces
 
 
@@ -96,14 +118,21 @@ def reply_prompt(tok, turns, context=None, max_tokens=None):
     """Tokens that ask the model for the next turn: the rendered history + the next label with no
     trailing space (training text has 'B: hi', so the space belongs to the reply's first token).
     If max_tokens is given, the oldest turns are dropped two at a time (so A stays first and
-    labels keep their parity), never cut in half; the context block is kept."""
+    labels keep their parity), never cut in half; the context block is kept. Of two turns left
+    only the last stays, as A's. Each turn is encoded once (as render encodes it), so trimming a
+    long history costs no more than rendering it."""
     turns = list(turns)
-    while True:
-        tokens, _ = render(tok, turns, context)
-        tokens = tokens + tok.encode(LABELS[len(turns) % len(LABELS)] + ":")
-        if max_tokens is None or len(tokens) <= max_tokens or len(turns) <= 1:
-            return tokens
-        turns = turns[len(LABELS) if len(turns) > len(LABELS) else len(turns) - 1:]
+    pieces = dialogue_pieces(turns, context)
+    head = [tok.eot] + (tok.encode(pieces.pop(0)[0]) if context else [])
+    encoded = tok.encode_batch([text for text, _ in pieces])
+    label = tok.encode(LABELS[len(turns) % len(LABELS)] + ":")
+    size, first = len(head) + sum(map(len, encoded)) + len(label), 0  # first: the oldest turn kept
+    while max_tokens is not None and size > max_tokens and len(turns) - first > len(LABELS):
+        size -= sum(map(len, encoded[first:first + len(LABELS)]))
+        first += len(LABELS)
+    if max_tokens is not None and size > max_tokens and len(turns) - first > 1:
+        return reply_prompt(tok, turns[-1:], context)
+    return head + [t for ids in encoded[first:] for t in ids] + label
 
 
 def encode_prompt(tok, text):
@@ -222,12 +251,13 @@ def bytelevel_alphabet():
 
 class BPETokenizer(TiktokenTokenizer):
     """A byte-level BPE trained on a dataset (train_bpe), stored as HF tokenizers' tokenizer.json
-    beside the shards. tiktoken runs it: ids assigned in merge order are valid tiktoken ranks, so
-    it encodes as fast as GPT-2 and loading needs no tokenizers package."""
+    beside the shards (file_text is that file). tiktoken runs it: ids assigned in merge order are
+    valid tiktoken ranks, so it encodes as fast as GPT-2 and loading needs no tokenizers package."""
 
     def __init__(self, spec):
         import tiktoken
-        vocab = json.loads(spec.get("json") or read_bpe_file(spec))["model"]["vocab"]
+        self.file_text = spec.get("json") or read_bpe_file(spec)
+        vocab = json.loads(self.file_text)["model"]["vocab"]
         byte = bytelevel_alphabet()
         ranks = {bytes(byte[c] for c in token): i for token, i in vocab.items() if token != EOT_TEXT}
         self.enc = tiktoken.Encoding(spec["name"], pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
@@ -251,9 +281,10 @@ def tokenizer_key(spec):
     return {k: v for k, v in spec.items() if k not in ("dir", "json")}
 
 
-def train_bpe(texts, vocab_size, path, name):
+def train_bpe(texts, vocab_size, name):
     """Train a byte-level BPE of vocab_size ids (eot included) on an iterator of texts with HF
-    tokenizers, save it to path, and return it as a BPETokenizer."""
+    tokenizers -> a BPETokenizer. Nothing is written: the shard writer saves its file_text as
+    tokenizer.json when it puts the new shards in place, so a failed run leaves the old dataset whole."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -261,11 +292,9 @@ def train_bpe(texts, vocab_size, path, name):
     bpe.train_from_iterator(texts, trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[EOT_TEXT], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # all 256 bytes: any text encodes
-    path = Path(path)
-    with atomic_write(path, "w") as f:
-        f.write(bpe.to_str())
-    return BPETokenizer({"kind": "bpe", "name": name, "path": path.name, "hash": file_identity(path)["hash"],
-                         "dir": str(path.parent)})
+    text = bpe.to_str()
+    return BPETokenizer({"kind": "bpe", "name": name, "path": BPE_FILE, "hash": content_hash([text.encode()]),
+                         "json": text})
 
 
 class CharTokenizer:
@@ -327,7 +356,8 @@ JOURNAL = "append.journal"
 def load_meta(data_dir):
     path = Path(data_dir) / "meta.json"
     if (Path(data_dir) / JOURNAL).exists():
-        sys.exit(f"error: {data_dir} holds an interrupted --append; rerun the prepare command")
+        sys.exit(f"error: {data_dir} holds an --append that was interrupted: rerun a prepare command with "
+                 f"--out_dir {data_dir} (e.g. the same --append), which puts the folder right first")
     if not path.exists():
         sys.exit(f"error: {path} not found: prepare the dataset first (python data/<name>/prepare.py)")
     meta = json.loads(path.read_text())
@@ -338,16 +368,30 @@ def load_meta(data_dir):
 
 
 def open_split(data_dir, split, meta=None):
-    """(tokens, roles) memmaps of one split; lengths come from file sizes (valid after a cat)."""
+    """(tokens, roles) memmaps of one split; lengths come from file sizes (valid after a cat).
+    A file that cannot be this split is a one-line error naming it, not a numpy or torch traceback
+    later: a size that is not a whole number of tokens (a cut-off copy), roles that do not match
+    the tokens, or a token id outside the vocab (a cat of datasets with different tokenizers),
+    which an embedding would fail on without naming any file. That last check reads the split
+    once, O(n) at start (~0.1 s per GB from the page cache, disk speed from a cold disk), so that
+    no batch needs checking."""
     meta = meta or load_meta(data_dir)
 
     def view(path, dtype):  # an empty file (a small dataset's val) cannot be memory-mapped
-        return np.memmap(path, dtype=dtype, mode="r") if os.path.getsize(path) else np.zeros(0, dtype)
-    tokens = view(Path(data_dir) / f"{split}.bin", meta["dtype"])
+        size, width = os.path.getsize(path), np.dtype(dtype).itemsize
+        if size % width:
+            sys.exit(f"error: {path} is {size:,} bytes, not a whole number of {width}-byte {dtype} tokens: "
+                     f"a cut-off or damaged file (prepare the dataset again)")
+        return np.memmap(path, dtype=dtype, mode="r") if size else np.zeros(0, dtype)
+    path = Path(data_dir) / f"{split}.bin"
+    tokens = view(path, meta["dtype"])
     roles = view(Path(data_dir) / f"{split}.roles", np.uint8)
     if len(tokens) != len(roles):
         sys.exit(f"error: {data_dir}/{split}.bin has {len(tokens)} tokens but {split}.roles has "
                  f"{len(roles)}: the files were not concatenated together")
+    if len(tokens) and (top := int(tokens.max())) >= meta["vocab_size"]:
+        sys.exit(f"error: {path} holds token id {top:,} but its tokenizer has {meta['vocab_size']:,} ids: "
+                 f"it was not encoded with the tokenizer in {data_dir}/meta.json")
     return tokens, roles
 
 
@@ -382,13 +426,19 @@ def open_datasets(setting, data_root):
                      f"({first.meta['tokenizer']['kind']} vs {d.meta['tokenizer']['kind']}): a mixture needs one")
     return datasets
 
+
+def content_hash(chunks):
+    h = hashlib.blake2b(digest_size=16)
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def file_identity(path):
     """name + size + content hash: what --append uses to skip inputs already included."""
-    h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return {"name": Path(path).name, "size": os.path.getsize(path), "hash": h.hexdigest()}
+        return {"name": Path(path).name, "size": os.path.getsize(path),
+                "hash": content_hash(iter(lambda: f.read(1 << 22), b""))}
 
 
 @contextmanager

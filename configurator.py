@@ -4,7 +4,7 @@ Poor man's configurator, exec'd by train.py and sample.py right after their defa
     exec(open(os.path.join(os.path.dirname(__file__), 'configurator.py')).read())
 
 Overrides the caller's globals, left to right, from config files and --key=value arguments:
-    $ python train.py config/train_chat_char.py --batch_size=32 --compile
+    $ python train.py config/train_chat_demo.py --batch_size=32 --compile
 A config file is plain Python that assigns some of the settings. --key=value is read as a Python
 literal when it parses as one (--lr=3e-4, --bias=False), else as a string; a bare --flag is True.
 Settings are the globals of type int, float, bool, str or None; they keep their type (an int may

@@ -39,6 +39,9 @@ def merge(out_dir, in_dirs):
                      f"merged; prepare one again with the other's --tokenizer")
         if any(m[k] != metas[0][k] for k in FORMAT_KEYS):
             sys.exit(f"error: {d} and {in_dirs[0]} render dialogues differently ({', '.join(FORMAT_KEYS)})")
+    for d, m in zip(in_dirs, metas):  # a shard that does not read as one is refused, not copied on
+        for s in chat.SPLITS:
+            chat.open_split(d, s, m)
     out_dir.mkdir(parents=True, exist_ok=True)
     recover(out_dir)
     (out_dir / "meta.json").unlink(missing_ok=True)  # no complete-looking dataset until the end

@@ -1,15 +1,14 @@
 """
 Sample from a trained model, or chat with it.
 
-    python sample.py --out_dir=out-chat-char --start="A: hi, how are you?"    # one-shot
-    python sample.py --out_dir=out-chat-char --interactive                     # chat as A, model is B
+    python sample.py --out_dir=out-chat-demo --start="A: hi, how are you?"    # one-shot
+    python sample.py --out_dir=out-chat-demo --interactive                     # chat as A, model is B
     echo "hello" | python sample.py --interactive                              # scriptable
-    python sample.py --out_dir=out-chat-char --serve=8000                      # HTTP: POST /chat
+    python sample.py --out_dir=out-chat-demo --serve=8000                      # web page + OpenAI API
 
 The chat prompt is built by chat.reply_prompt, the same code that rendered the training text,
 and the model's turn ends where training turns end: at the separator or at end-of-text.
 """
-import json
 import os
 import sys
 
@@ -38,7 +37,11 @@ compile = False
 interactive = False
 kv_cache = True
 stop = True                # end at the end of the model's turn (when the prompt ends with a label)
-serve = -1                 # a port (0: any free one): answer chats over HTTP on 127.0.0.1 (see serve_chat)
+serve = -1                 # a port (0: any free one): the chat page and API over HTTP (server.py)
+host = '127.0.0.1'         # --serve listens here; any other address exposes the model (see README)
+api_key = ''               # --serve: if set, requests must carry "Authorization: Bearer <api_key>"
+serve_queue = 8            # --serve: requests that may wait for the model; one more gets 503
+serve_timeout = 10.0       # --serve: seconds a client may leave its connection silent
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
@@ -61,6 +64,8 @@ def sampling_problem(temperature, top_k, top_p):
 for problem in (sampling_problem(temperature, top_k, top_p),
                 f"num_samples must be at least 1, not {num_samples}" if num_samples < 1 else None,
                 f"max_new_tokens must be at least 1, not {max_new_tokens}" if max_new_tokens < 1 else None,
+                f"serve_queue must be at least 1, not {serve_queue}" if serve_queue < 1 else None,
+                f"serve_timeout must be > 0, not {serve_timeout}" if not serve_timeout > 0 else None,
                 f"repetition_penalty must be > 0, not {repetition_penalty}" if not repetition_penalty > 0 else None):
     if problem:
         sys.exit(problem)
@@ -89,25 +94,32 @@ def from_file(text):
     return open(text[5:], encoding='utf-8').read() if text.startswith('FILE:') else text
 
 
+def sample_tokens(prompt, n, temperature, top_k, top_p, max_tokens, generator):
+    """Yield the next token of each of n continuations of prompt (token ids), as a list, up to
+    max_tokens times; stop iterating to stop."""
+    x = torch.tensor([prompt] * n, dtype=torch.long, device=device)
+    with torch.no_grad(), ctx:
+        for column in model.generate(x, max_tokens, temperature, top_k or None, top_p or None,
+                                     repetition_penalty, kv_cache=kv_cache, generator=generator):
+            yield column.tolist()
+
+
 def complete(prompt, n=1, stream=False, until_turn_end=True):
     """n continuations of the prompt (token ids): each the model's turn (chat.Reply) when
     until_turn_end, else max_new_tokens long. Row 0 is printed as it comes when stream."""
-    x = torch.tensor([prompt] * n, dtype=torch.long, device=device)
     replies, rows, shown = [chat.Reply(tok) for _ in range(n)], [[] for _ in range(n)], 0
-    with torch.no_grad(), ctx:
-        for column in model.generate(x, max_new_tokens, temperature, top_k or None, top_p or None,
-                                     repetition_penalty, kv_cache=kv_cache, generator=generator):
-            for i, token in enumerate(column.tolist()):
-                if until_turn_end:
-                    replies[i].add(token)
-                else:
-                    rows[i].append(token)
-            if stream:  # what is printed is never taken back: no half characters
-                text = replies[0].text if until_turn_end else tok.decode(rows[0]).rstrip('\ufffd')
-                print(text[shown:], end='', flush=True)
-                shown = len(text)
-            if until_turn_end and all(reply.done for reply in replies):
-                break
+    for column in sample_tokens(prompt, n, temperature, top_k, top_p, max_new_tokens, generator):
+        for i, token in enumerate(column):
+            if until_turn_end:
+                replies[i].add(token)
+            else:
+                rows[i].append(token)
+        if stream:  # what is printed is never taken back: no half characters
+            text = replies[0].text if until_turn_end else tok.decode(rows[0]).rstrip('\ufffd')
+            print(text[shown:], end='', flush=True)
+            shown = len(text)
+        if until_turn_end and all(reply.done for reply in replies):
+            break
     texts = [reply.text for reply in replies] if until_turn_end else [tok.decode(row) for row in rows]
     if stream:
         print(texts[0][shown:], flush=True)
@@ -169,41 +181,25 @@ def chat_loop():
         history.append(chat.normalize(reply) or '...')
 
 
-def serve_chat(port):
-    """POST /chat with {"turns": [A's, B's, ..., A's], "context": optional} answers {"reply": B's next
-    turn}: the prompt is chat.reply_prompt's, as in --interactive. One request at a time."""
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-    persona = from_file(context).strip() or None
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            try:
-                if self.path != '/chat':
-                    raise ValueError(f"no {self.path} here: POST /chat")
-                request = json.loads(self.rfile.read(int(self.headers.get('Content-Length') or 0)))
-                turns = request.get('turns')
-                if not (isinstance(turns, list) and len(turns) % 2 == 1 and all(isinstance(t, str) for t in turns)):
-                    raise ValueError('"turns" must be a list of strings, A\'s first and A\'s last')
-            except (ValueError, AttributeError) as e:  # bad JSON is a ValueError too
-                return self.answer(400, {'error': str(e)})
-            prompt = chat_prompt(turns, request.get('context', persona))
-            self.answer(200, {'reply': chat.normalize(complete(prompt)[0])})
-
-        def answer(self, status, body):
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header('Content-Type', 'application/json')
-            self.send_header('Content-Length', str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = HTTPServer(('127.0.0.1', port), Handler)
-    print(f"serving on http://127.0.0.1:{server.server_port}/chat", flush=True)
-    server.serve_forever()
+def replies(prompt, temperature, top_k, top_p, max_tokens, seed):
+    """B's turn after prompt (token ids), for the server: its chat.Reply after each new token. A
+    seed makes the request's own generator; without one it draws from the shared one."""
+    reply = chat.Reply(tok)
+    rng = generator if seed is None else torch.Generator(device=device).manual_seed(seed)
+    for (token,) in sample_tokens(prompt, 1, temperature, top_k, top_p, max_tokens, rng):
+        reply.add(token)
+        yield reply
+        if reply.done:
+            return
 
 
 if serve >= 0:
-    serve_chat(serve)
+    import server
+    name = os.path.basename(os.path.normpath(out_dir if init_from == 'resume' else init_from))
+    defaults = dict(temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_new_tokens,
+                    context=from_file(context).strip() or None)
+    server.run(server.Model(name, chat_prompt, replies, sampling_problem, defaults), host, serve,
+               api_key=api_key, queue_size=serve_queue, read_timeout=serve_timeout)
 elif interactive:
     chat_loop()
 else:

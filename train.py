@@ -9,7 +9,7 @@ the batches the run would have drawn (on CPU in float32: bit-identical to a run 
 SIGTERM (preemption) and Ctrl-C finish the step, save and exit; rerun with --init_from=auto.
 
 One process (CPU, one GPU, a Mac):
-$ python train.py config/train_chat_char.py --batch_size=32
+$ python train.py config/train_chat_demo.py --batch_size=32
 DDP over the 4 GPUs of one node:
 $ torchrun --standalone --nproc_per_node=4 train.py config/finetune_chat.py
 Two nodes of 8 GPUs: run on each (node_rank 0 on the master; NCCL_IB_DISABLE=1 without InfiniBand)
@@ -59,7 +59,7 @@ wandb_log = False
 wandb_project = 'nanotalk'
 wandb_run_name = 'run'
 # data
-dataset = 'dailydialog_char'  # a folder under data/ or a path; a mixture: 'webtext:0.5,reddit:0.3,dailydialog:0.2'
+dataset = 'dailydialog_demo'  # a folder under data/ or a path; a mixture: 'webtext:0.5,reddit:0.3,dailydialog:0.2'
 # the targets the loss trains on: 'all' (every token), 'B' (B's turns) or 'replies' (every turn but each
 # dialogue's first); a turn's label and separator belong to it (see chat.trained_targets)
 train_on = 'all'

@@ -3,7 +3,8 @@ How fast and how flat is a prepare? Builds text corpora of growing size by repea
 webtext documents, runs data/webtext/prepare.py on each (GPT-2, --workers 2) and reports tokens/s
 next to tiktoken's raw encode_ordinary_batch rate on 2 threads measured in the same run, the peak
 memory of the whole process tree, the disk left behind and whether torch got imported. A
-dialogue corpus (DailyDialog + Taskmaster turns as jsonl) shows the price of per-turn roles.
+dialogue corpus (DailyDialog + Taskmaster turns, as jsonl and as Parquet) shows the price of
+per-turn roles, next to tiktoken's raw rate on the very texts the turns render to.
 On a shared machine timings wobble: each figure is the best of --repeat runs. Numbers only,
 never asserts.
 
@@ -41,18 +42,44 @@ def build_text_corpus(path, size):
 
 
 def build_dialogue_corpus(path, size):
+    """~size bytes of jsonl dialogues (DailyDialog turn lists, Taskmaster messages), each copy
+    made distinct; with a .parquet path, the same rows as Parquet (row groups of 10,000)."""
     dd = [[t.strip() for t in line.split("__eou__") if t.strip()]
           for line in (SHARED / "data/dailydialog/dialogues_validation.txt").read_text().splitlines()]
     tm = [{"messages": [{"role": u["speaker"], "content": u["text"]} for u in c["utterances"]]}
           for c in json.loads((SHARED / "data/taskmaster4/TM-4-2024_data_00.json").read_text())]
-    written, i = 0, 0
-    with open(path, "w") as f:
-        while written < size:
-            for row in dd + tm:
-                line = json.dumps(row) + "\n"
-                f.write(line.replace('["', f'["({i}) ', 1) if row in dd else line)
-                written += len(line)
-            i += 1
+    written, i, rows = 0, 0, []
+    while written < size:
+        for row in dd + tm:
+            row = [f"({i}) {row[0]}", *row[1:]] if row in dd else row
+            rows.append(row)
+            written += len(json.dumps(row)) + 1
+        i += 1
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        table = pa.Table.from_pylist([{"turns": r, "messages": None} if isinstance(r, list) else {"turns": None, **r}
+                                      for r in rows])  # both columns in every row: the schema comes from the first
+        pq.write_table(table, path, row_group_size=10_000)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def raw_tiktoken_dialogues(path, threads=2, batch=10_000):
+    """tiktoken's batch encoder on the texts that the corpus' dialogues render to (each turn with
+    its label and separator, as prepare encodes them), reading excluded: (wall s, CPU s)."""
+    import tiktoken
+    sys.path.insert(0, str(ROOT))
+    from chat import dialogue_pieces
+    enc = tiktoken.get_encoding("gpt2")
+    rows = [json.loads(line) for line in open(path)]
+    texts = [t for r in rows for t, _ in dialogue_pieces(r if isinstance(r, list) else [m["content"] for m in r["messages"]])]
+    wall = cpu = 0.0
+    for i in range(0, len(texts), batch):
+        t0, c0 = time.perf_counter(), time.process_time()
+        enc.encode_ordinary_batch(texts[i:i + batch], num_threads=threads)
+        wall, cpu = wall + time.perf_counter() - t0, cpu + time.process_time() - c0
+    return wall, cpu
 
 
 def raw_tiktoken(path, threads=2, batch=1000):
@@ -134,15 +161,18 @@ def main():
           f"{'CPU s/M':>6} {'raw':>6} "
           f"{'peak RSS (all procs)':>20} {'out B/tok':>9} {'torch':>5}")
     try:
-        jobs = [("webtext", f"{s} MB jsonl", int(s)) for s in args.sizes.split(",")]
-        jobs += [("jsonl", f"{args.dialogue_size} MB dialogues", args.dialogue_size)] if args.dialogue_size else []
-        for script, label, size in jobs:
-            corpus = work / f"{script}_{size}.jsonl"
+        jobs = [("webtext", f"{s} MB jsonl", int(s), ".jsonl") for s in args.sizes.split(",") if s]
+        jobs += [("jsonl", f"{args.dialogue_size} MB dialogues {kind}", args.dialogue_size, f".{kind}")
+                 for kind in ("jsonl", "parquet") if args.dialogue_size]
+        for script, label, size, suffix in jobs:
+            corpus = work / f"{script}_{size}{suffix}"
             (build_text_corpus if script == "webtext" else build_dialogue_corpus)(corpus, size * MB)
+            if suffix == ".parquet":  # the same dialogues: the raw rate is measured on their jsonl
+                build_dialogue_corpus(corpus.with_suffix(".jsonl"), size * MB)
             raws, runs, peak, out = [], [], 0, work / "out"
             for _ in range(args.repeat):  # interleaved, so both see the same machine
-                if script == "webtext":
-                    raws.append(raw_tiktoken(corpus))
+                raws.append(raw_tiktoken(corpus) if script == "webtext" else
+                            raw_tiktoken_dialogues(corpus.with_suffix(".jsonl")))
                 wall, cpu, pk, meta, torch = run_prepare(f"data/{script}/prepare.py", [corpus], out, args.workers)
                 runs.append((wall, cpu))
                 peak = max(peak, pk)
@@ -155,6 +185,7 @@ def main():
                   f"{cpu / tokens * 1e6:>6.2f} {(f'{raw_cpu / tokens * 1e6:.2f}' if raw else '-'):>6} "
                   f"{peak / MB:>17.0f} MB {disk / tokens:>9.2f} {'yes' if torch else 'no':>5}")
             corpus.unlink()
+            corpus.with_suffix(".jsonl").unlink(missing_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

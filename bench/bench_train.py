@@ -28,7 +28,7 @@ CASES = [
      dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65), 12, (5, 30)),
     ("(b) 6 x 384, block 256, vocab 50304",
      dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=50304), 8, (2, 8)),
-    ("(c) config/train_chat_char.py",
+    ("(c) the old char demo (4x128, block 256)",
      dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=128), 16, (3, 12)),
 ]
 

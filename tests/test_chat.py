@@ -159,8 +159,8 @@ def test_a_crash_never_leaves_a_complete_looking_dataset(tmp_path, gpt2):
     assert not list(tmp_path.glob("*.tmp"))
     # an append cut off mid-copy is undone by the next run
     size = (tmp_path / "train.bin").stat().st_size + (tmp_path / "val.bin").stat().st_size
-    (tmp_path / chat.JOURNAL).write_text(json.dumps({f"{s}.{e}": (tmp_path / f"{s}.{e}").stat().st_size
-                                                   for s in chat.SPLITS for e in ("bin", "roles")}))
+    (tmp_path / chat.JOURNAL).write_text(json.dumps({"meta": shards.meta_hash(tmp_path), "sizes": {
+        f"{s}.{e}": (tmp_path / f"{s}.{e}").stat().st_size for s in chat.SPLITS for e in ("bin", "roles")}}))
     with open(tmp_path / "train.bin", "ab") as f:
         f.write(b"\0" * 6)
     with pytest.raises(SystemExit, match="interrupted"):
@@ -252,3 +252,35 @@ def test_dailydialog_download_path(tmp_path, server, monkeypatch):
     path = mod.fetch()
     dialogues = list(mod.read_dialogues([path], shards.Report()))
     assert len(dialogues) == 1000 and dialogues[0].turns[0] == "Good morning, sir. Is there a bank near here?"
+
+
+def quadratic_reply_prompt(tok, turns, context=None, max_tokens=None):
+    """reply_prompt as it was: the whole history re-rendered for every pair of turns dropped."""
+    turns = list(turns)
+    while True:
+        tokens = chat.render(tok, turns, context)[0] + tok.encode(chat.LABELS[len(turns) % 2] + ":")
+        if max_tokens is None or len(tokens) <= max_tokens or len(turns) <= 1:
+            return tokens
+        turns = turns[2 if len(turns) > 2 else len(turns) - 1:]
+
+
+def test_reply_prompt_trims_as_it_always_did(gpt2):
+    """Every history length and budget (odd and even counts, the last turn alone, a context
+    block, nothing fitting): the same tokens as the re-rendering reply_prompt gave."""
+    char = chat.CharTokenizer("abcdefghijklmnopqrstuvwxyz ?:\nABC")
+    rng = np.random.default_rng(0)
+    for tok in (gpt2, char):
+        for n in range(7):
+            turns = ["".join(rng.choice(list("ab c\n?"), rng.integers(0, 12))) for _ in range(n)]
+            for context in (None, "", "a persona"):
+                full = len(chat.reply_prompt(tok, turns, context))
+                for max_tokens in (None, *range(0, full + 2)):
+                    assert chat.reply_prompt(tok, turns, context, max_tokens) == \
+                        quadratic_reply_prompt(tok, turns, context, max_tokens), (turns, context, max_tokens)
+
+
+def test_reply_prompt_trims_long_histories_in_linear_time():
+    tok = chat.CharTokenizer("hello there friend AB:\n")
+    turns = ["hello there friend"] * 20_001  # 400 KB as JSON: ~5 minutes when each drop re-rendered
+    prompt = chat.reply_prompt(tok, turns, max_tokens=200)
+    assert prompt == quadratic_reply_prompt(tok, turns[-9:], max_tokens=200)  # the same last turns

@@ -151,10 +151,10 @@ def test_chains_merge_cut_dedup_and_survive_cycles(tmp_path, gpt2):
     assert report["dropped: comments by bots"] == 1
     assert report["dropped: dialogues repeating a history already used"] == 1
     assert report["dropped: comments with a [deleted]/[removed] body"] == 1
-    meta = run(tmp_path / "short", tmp_path / "t.jsonl", extra=["--val_fraction", "0", "--max_depth", "1"])
-    assert meta["report"]["dropped: comments deeper than --max_depth"] == 4  # b, c, f, g
-    assert meta["report"]["dropped: comments in reply cycles"] == 2
-    assert not meta["counts"]["train"]  # chains of one comment are no dialogue
+    with pytest.raises(SystemExit) as e:  # chains of one comment are no dialogue: none is kept, and the run fails
+        run(tmp_path / "short", tmp_path / "t.jsonl", extra=["--val_fraction", "0", "--max_depth", "1"])
+    assert "dropped: comments deeper than --max_depth: 4\n" in str(e.value)  # b, c, f, g
+    assert "dropped: comments in reply cycles: 2\n" in str(e.value)
 
 
 def test_append_with_kept_threads_continues_threads_across_dumps(tmp_path, gpt2):
@@ -221,6 +221,7 @@ def test_filters_are_counted(tmp_path, gpt2):
         comment("e", "t3_z", "ann", "low", link="t3_z", score=-5),
         comment("f", "t3_z", "ann", "http://example.com/only-a-link", link="t3_z"),
         comment("g", "t3_z", "ann", "noooooooooooooooo", link="t3_z"),
+        comment("h", "t3_k", "ann", "hello", link="t3_k"), comment("i", "t1_h", "bob", "hi ann", link="t3_k"),  # kept
     ]
     meta = run(tmp_path / "out", write_lines(tmp_path / "t.jsonl", objs),
                extra=["--subreddits", "test", "--after", "2005-01-01", "--min_score", "0"])

@@ -87,6 +87,17 @@ def test_bpe_on_dialogues_append_reuses_it_and_workers_agree(tmp_path):
     assert wrong.returncode != 0 and "prepared with tokenizer 'bpe:600'" in wrong.stderr
 
 
+def test_a_test_set_takes_the_tokenizer_of_a_prepared_dataset(tmp_path):
+    """--tokenizer=<dataset folder>: held-out text encoded with the ids a model was trained on."""
+    train, valid = sorted(shared_file("personachat_sample").glob("*.txt"))
+    prepare("personachat", train, "--tokenizer", "bpe:600", "--out_dir", tmp_path / "train")
+    prepare("personachat", valid, "--tokenizer", tmp_path / "train", "--out_dir", tmp_path / "test")
+    assert (tmp_path / "test" / "tokenizer.json").read_bytes() == (tmp_path / "train" / "tokenizer.json").read_bytes()
+    text, meta = decoded(tmp_path / "test")
+    assert meta["tokenizer"] == chat.load_meta(tmp_path / "train")["tokenizer"] | {"json": meta["tokenizer"]["json"]}
+    assert "A: hello what are doing today?" in text
+
+
 def test_bpe_size_must_make_sense(tmp_path):
     out = prepare("personachat", shared_file("personachat_sample"), "--tokenizer", "bpe:100", "--out_dir", tmp_path,
                   check=False)

@@ -294,9 +294,11 @@ def test_masked_loss_is_normalised_over_the_global_batch(tmp_path):
 
     def assert_same_gradients(a, b):
         # AdamW's first momentum is 0.1 x the step's gradient; its weights, g / (|g| + eps), would
-        # blow float noise in gradients near 0 up to ~1e-6
+        # blow float noise in gradients near 0 up to ~1e-6. train.py and this sum in other orders,
+        # each CPU in its own: that noise scales with the largest gradients summed, so the tolerance does
         for i, s in a.items():
-            torch.testing.assert_close(b[i]["exp_avg"], s["exp_avg"], rtol=1e-4, atol=1e-9)
+            scale = s["exp_avg"].abs().max().item()
+            torch.testing.assert_close(b[i]["exp_avg"], s["exp_avg"], rtol=1e-4, atol=1e-5 * scale)
 
     ours = load(tmp_path / "out" / "ckpt.pt")
     assert all(torch.isfinite(v).all() for v in ours["model"].values())
@@ -329,7 +331,7 @@ def test_finetune_then_resume_on_grown_mixed_data_with_the_schedule_restarted(ru
         assert f"\n  {change}\n" in p.stdout
     e = evals(p.stdout)[4]
     assert set(e) == {"train", "val", "val/a", "val/b", "val/A", "val/B"}
-    assert e["val"] == pytest.approx((3 * e["val/a"] + e["val/b"]) / 4, abs=1e-4)
+    assert e["val"] == pytest.approx((3 * e["val/a"] + e["val/b"]) / 4, abs=1.1e-4)  # each printed to 4 decimals
     samples = log_lines(p.stdout, "sample: A: how are you -> B: ")
     assert len(samples) == 2  # at iters 2 and 4
     ckpt = load(tmp_path / "out" / "ckpt.pt")

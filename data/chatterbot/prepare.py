@@ -7,6 +7,7 @@ Input: .yml files with a "conversations" list of lists of turns (speakers altern
 read as a node tree, so turns stay the text as written ("- 4" is "4", not a number) and bad
 entries are reported with their line.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -14,11 +15,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from chat import LABELS
-from shards import make_dialogue, prepare, prepare_parser
+from shards import make_dialogue, no_surrogates, prepare, prepare_parser
 
 
 def read_dialogues(paths, report):
     for path in paths:
+        if os.path.getsize(path) > report.max_record:  # parsed whole, as one record
+            report.bad(f"{path}:1", "file over --max_record_mb: skipped unread")
+            continue
         try:
             with open(path, encoding="utf-8") as f:
                 root = yaml.compose(f)
@@ -27,16 +31,16 @@ def read_dialogues(paths, report):
             report.bad(f"{path}:{mark.line + 1 if mark else 1}", f"not a YAML file: {str(e).splitlines()[0]}")
             continue
         fields = root.value if isinstance(root, yaml.MappingNode) else []
-        conversations = next((v.value for k, v in fields if k.value == "conversations"), None)
-        if not isinstance(conversations, list):
+        conversations = next((v for k, v in fields if k.value == "conversations"), None)
+        if not isinstance(conversations, yaml.SequenceNode):
             report.bad(f"{path}:1", "no conversations list")
             continue
-        for node in conversations:
+        for node in conversations.value:
             where = f"{path}:{node.start_mark.line + 1}"
             if not isinstance(node, yaml.SequenceNode):
                 report.bad(where, "conversation is not a list of turns")
                 continue
-            turns = [t.value if isinstance(t, yaml.ScalarNode) else t for t in node.value]
+            turns = [no_surrogates(t.value) if isinstance(t, yaml.ScalarNode) else t for t in node.value]
             if dialogue := make_dialogue([(LABELS[i % 2], t) for i, t in enumerate(turns)], report, where):
                 yield dialogue
 

@@ -3,7 +3,7 @@ DailyDialog (13,118 two-person chit-chat dialogues, CC BY-NC-SA 4.0) -> A:/B: di
 
     python data/dailydialog/prepare.py                      # download the corpus (cached in raw/)
     python data/dailydialog/prepare.py ../shared/data/dailydialog/dialogues_validation.txt
-    python data/dailydialog/prepare.py --tokenizer char --out_dir data/dailydialog_char
+    python data/dailydialog/prepare.py --tokenizer bpe:8192 --out_dir data/dailydialog_demo
 
 Input: one dialogue per line, turns separated by '__eou__', words space-tokenized ("Hi , how
 are you ?"); the spaces before punctuation are undone here.

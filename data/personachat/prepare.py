@@ -44,7 +44,7 @@ def read_dialogues(paths, report):
             if text.startswith("your persona:"):
                 persona.append(text[len("your persona:"):].strip())
             elif text.startswith("partner's persona:"):
-                report.drop("partner persona lines")
+                report.drop("partner persona lines", part=True)
             elif text.strip():
                 where = where if pairs else f"{path}:{lineno}"
                 message, _, reply = text.partition("\t")

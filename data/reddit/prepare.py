@@ -1,4 +1,4 @@
-"""
+r"""
 Reddit dumps (Pushshift / Arctic Shift) -> threaded A:/B: dialogue shards.
 
     python data/reddit/prepare.py                          # every dump in data/reddit/raw/
@@ -18,10 +18,11 @@ history is a prefix of the chains below it, so it is trained on with that histor
 emitted again. Replies are visited best score first; a chain whose history (all turns but the
 last) was already emitted for its thread is skipped, and at most --max_per_thread dialogues come
 from one thread, so a 5,000-comment thread cannot repeat its top thousands of times. Consecutive
-comments by one author make one turn. A filtered comment ([deleted], bot, too long, ...) cuts the
-chain: the chain above it ends there, the replies below it start new chains, like replies whose
-parent is missing from the dump. Dialogue.key is the thread id, so a thread never lands in both
-train and val.
+comments by one author make one turn. A comment whose author is [deleted] is kept when its text is
+intact (an account deleted, not its words; --drop_deleted_authors drops it), as a person of its
+own. A filtered comment ([deleted] text, bot, too long, ...) cuts the chain: the chain above it
+ends there, the replies below it start new chains, like replies whose parent is missing from the
+dump. Dialogue.key is the thread id, so a thread never lands in both train and val.
 
 Scale: pass 1 streams the inputs once, cleans and filters each line and hash-partitions the
 compact records by thread into zstd bucket files (temporary, beside the output; at most about a
@@ -56,8 +57,8 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from chat import Dialogue, normalize
-from shards import (download, expand_inputs, line_chunks, parallel_map, prepare, prepare_parser, read_lines,
-                    zstd_chunks)
+from shards import (JSON_ERRORS, download, expand_inputs, json_problem, line_chunks, parallel_map, parse_json,
+                    prepare, prepare_parser, read_lines, zstd_chunks)
 
 RAW = Path(__file__).resolve().parent / "raw"
 PATTERNS = ("*.zst", "*.jsonl", "*.jsonl.gz")  # what a folder is searched for; files may be named anyhow
@@ -104,15 +105,17 @@ def parse_args(argv=None):
     p.add_argument("--context", action="store_true",
                    help="render the submission title (+ its text if within --max_chars) as the context block")
     p.add_argument("--subreddits", help="comma-separated allow list (default: all)")
-    p.add_argument("--block_subreddits", help="comma-separated subreddits to skip, or @FILE, one per line")
-    p.add_argument("--nsfw", action="store_true", help="keep threads of over_18 submissions (default: drop)")
-    p.add_argument("--after", help="keep comments created from this UTC date (YYYY-MM-DD) or unix time on")
-    p.add_argument("--before", help="keep comments created before this UTC date or unix time")
+    p.add_argument("--block_subreddits", help="comma-separated subreddits to skip, or @FILE, one per line (default: none)")
+    p.add_argument("--nsfw", action="store_true", help="keep threads of over_18 submissions (dropped otherwise)")
+    p.add_argument("--after", help="keep comments created from this UTC date (YYYY-MM-DD) or unix time on (default: all)")
+    p.add_argument("--before", help="keep comments created before this UTC date or unix time (default: all)")
+    p.add_argument("--drop_deleted_authors", action="store_true",
+                   help="drop comments whose author is [deleted] (kept otherwise, when their text is intact)")
     p.add_argument("--min_score", type=int, help="drop comments scored below this (default: keep all)")
     p.add_argument("--min_chars", type=int, default=2, help="drop shorter comments (after cleaning)")
     p.add_argument("--max_chars", type=int, default=2000, help="drop longer comments (after cleaning)")
     p.add_argument("--max_repeat", type=int, default=10, help="drop comments with a run of this many of one char")
-    p.add_argument("--keep_quotes", action="store_true", help="keep '> quoted' lines (default: removed)")
+    p.add_argument("--keep_quotes", action="store_true", help="keep '> quoted' lines (removed otherwise)")
     p.add_argument("--two_speakers", action="store_true", help="drop dialogues with more than two authors")
     p.add_argument("--min_turns", type=int, default=2, help="drop dialogues with fewer turns")
     p.add_argument("--max_depth", type=int, default=0, help="end chains after this many comments (0: none)")
@@ -181,7 +184,7 @@ def comment_problem(author, body, score, created, args):
     """Why a comment must go (a drop reason), or None. A dropped comment cuts its chain."""
     if body.strip() in DELETED:
         return "comments with a [deleted]/[removed] body"
-    if author in DELETED or not author:
+    if args.drop_deleted_authors and (author in DELETED or not author):
         return "comments by a deleted author"
     if BOT.search(author):
         return "comments by bots"
@@ -235,6 +238,8 @@ def parse(obj, args):
            or text_problem(text := clean(body, args.keep_quotes), args))
     if why:
         return link, kind, why
+    if author in DELETED or not author:  # someone whose account is gone: a person of their own, never
+        author = f"[deleted] {cid}"      # one with the [deleted] comment before (their turns stay apart)
     parent = "" if parent.startswith("t3_") else parent.removeprefix("t1_")  # "" = top level
     return link, kind, Comment(link, cid.removeprefix("t1_"), parent, author, score, created, text)
 
@@ -251,10 +256,12 @@ def parse_batch(batch, args, buckets):
     parts, counts, bad = defaultdict(list), Counter(), []
     for lineno, line in lines:
         try:
-            link, kind, rec = parse(json.loads(line), args)
-        except json.JSONDecodeError as e:
-            bad.append((f"{path}:{lineno}", f"malformed JSON: {e.msg} at column {e.colno}"))
+            obj = parse_json(line)
+        except JSON_ERRORS as e:
+            bad.append((f"{path}:{lineno}", json_problem(e)))
             continue
+        try:
+            link, kind, rec = parse(obj, args)
         except BadLine as e:
             bad.append((f"{path}:{lineno}", str(e)))
             continue
@@ -388,6 +395,8 @@ def bucket_dialogues(path, args, store_in, store_out):
             counts["dropped: over_18 threads"] += 1
         else:
             counts["threads"] += 1
+            if submission:
+                counts["threads with their submission"] += 1
             dialogues += [d for d in thread_dialogues(link, submission, comments, counts, args)
                           if (tuple(d.turns), d.context) not in done]
     if store_out and kept:
@@ -443,6 +452,22 @@ def partition(paths, buckets, report, args):
     flush()
 
 
+def warn_unpaired(report, args):
+    """Dialogues come from comments, titles (and over_18) from submissions: say so when the two
+    do not pair up."""
+    counts = report.counts
+    if counts["submissions read"] and not counts["comments read"]:
+        report.warn("the inputs", f"only submissions were read: {counts['submissions read']:,}, and dialogues are "
+                    f"made of comments; pass the comment dumps too (RC_*.zst, <sub>_comments.zst)")
+    elif args.context and not counts["submissions read"]:
+        report.warn("the inputs", "--context, but no submissions were read: no dialogue gets a title; pass the "
+                    "submission dumps of the same months too (RS_*.zst, <sub>_submissions.zst)")
+    elif counts["submissions read"] and counts["threads"] and not counts["threads with their submission"]:
+        report.warn("the inputs", f"no thread has its submission: none of the {counts['submissions read']:,} "
+                    f"read belongs to the {counts['threads']:,} threads with comments (other months or "
+                    f"subreddits?), so no titles for --context, no over_18 to filter by")
+
+
 def read_dialogues(paths, report, args, tmp_root, bucket_count=None, store_in=None, store_out=None):
     """Both passes: paths -> Dialogues, in bucket order, threads sorted by id. bucket_count defaults
     to one per BUCKET_BYTES of input; store_in/store_out: the thread store to read/write (main())."""
@@ -462,6 +487,7 @@ def read_dialogues(paths, report, args, tmp_root, bucket_count=None, store_in=No
         report.counts.update(counts)
         yield from dialogues
     shutil.rmtree(tmp, ignore_errors=True)
+    warn_unpaired(report, args)
     if store_out:  # complete: main() may put it in place once the shards are
         (store_out / STORE_INFO).write_text(json.dumps({"buckets": len(buckets), "shard": args.shard}))
 

@@ -17,7 +17,9 @@ Chat transcripts as plain text -> A:/B: dialogue shards. Two shapes, told apart 
 
 In both, |br| is a line break inside a turn; consecutive messages of one speaker are joined.
 A dialogue is cut before a user turn once it has MAX_TURNS turns, so a file that is one endless
-conversation still streams in bounded memory.
+conversation still streams in bounded memory. What looks like a missing <|endoftext|> gets a
+warning with its line: a dialogue that long, or in shape 1 the label that opened the dialogue
+twice in a row after the other's turns (a new dialogue starting, as it seems).
 
     python data/userchat/prepare.py transcripts/ --out_dir data/mychat --agent_label Jade
 """
@@ -48,7 +50,7 @@ def has_markers(path):
 def labelled_turns(path, report, user, agent):
     """(line, speaker, message) for each turn, END_OF_DIALOGUE at each <|endoftext|>."""
     label = re.compile(rf"({re.escape(user)}|{re.escape(agent)}):(.*)")
-    speaker, lines, start = None, [], None
+    speaker, lines, start, opening, turns = None, [], None, None, 0  # opening: the dialogue's first label
     for lineno, line in itertools.chain(read_lines(path, report), [(None, EOT_TEXT)]):  # the file's end ends a dialogue
         parts = line.split(EOT_TEXT)
         for i, part in enumerate(parts):
@@ -56,15 +58,20 @@ def labelled_turns(path, report, user, agent):
             if m and speaker:
                 yield start, speaker, "\n".join(lines)
             if m:
-                speaker, lines, start = ("A" if m[1] == user else "B"), [m[2]], lineno
+                new = "A" if m[1] == user else "B"
+                opening, turns = opening or m[1], turns + 1
+                if new == speaker and m[1] == opening and turns > 2:
+                    report.warn(f"{path}:{lineno}", f"the opening label twice in a row: {m[1]}: after {m[1]}:, "
+                                "as if a dialogue began: is an <|endoftext|> missing? (the turns are joined)")
+                speaker, lines, start = new, [m[2]], lineno
             elif speaker:
                 lines.append(part)
             elif part.strip():
-                report.drop("lines outside a turn")
+                report.drop("lines outside a turn", part=True)
             if i < len(parts) - 1:  # an <|endoftext|> follows: the dialogue ends here
                 if speaker:
                     yield start, speaker, "\n".join(lines)
-                speaker = None
+                speaker, opening, turns = None, None, 0
                 yield END_OF_DIALOGUE
 
 
@@ -85,12 +92,15 @@ def marked_turns(path, report):
 def read_dialogues(paths, report, user="User", agent="Agent"):
     for path in paths:
         turns = marked_turns(path, report) if has_markers(path) else labelled_turns(path, report, user, agent)
-        pairs, where = [], None
+        pairs, where, cut = [], None, False  # cut: this dialogue was cut at MAX_TURNS already
         for lineno, speaker, message in turns:
             if speaker is None or speaker == "A" and len(pairs) >= MAX_TURNS:
+                if speaker and not cut:
+                    report.warn(where, f"over {MAX_TURNS} turns in one dialogue: is an <|endoftext|> (or a blank "
+                                f"line) missing? (cut into dialogues of {MAX_TURNS} turns)")
                 if pairs and (dialogue := make_dialogue(pairs, report, where)):
                     yield dialogue
-                pairs = []
+                pairs, cut = [], speaker is not None
             if speaker:
                 where = where if pairs else f"{path}:{lineno}"
                 pairs.append((speaker, LINE_BREAK.sub("\n", message)))
