@@ -225,12 +225,13 @@ class GPT(nn.Module):
 
     @torch.inference_mode()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 repetition_penalty=1.0, kv_cache=True, generator=None):
+                 repetition_penalty=1.0, kv_cache=True, generator=None, vocab_size=None):
         """Yield the next token of every row, a LongTensor (B,), max_new_tokens times; stop
         iterating to stop early. idx (B, T) is the prompt (only its last block_size tokens are
         seen). temperature 0 is greedy. Past block_size the context keeps its last block_size // 2
         tokens and goes on (the cache is re-filled from them), with or without the cache, so both
-        paths give the same tokens. Call model.eval() first."""
+        paths give the same tokens. vocab_size: ids from it on (the padding of a tokenizer's vocab
+        to a multiple of 64) are never drawn. Call model.eval() first."""
         block_size = self.config.block_size
         context = idx[:, -block_size:]  # what the model sees
         cache = None
@@ -247,7 +248,7 @@ class GPT(nn.Module):
                 logits, _ = self(fresh, kv_cache=cache)
             else:
                 logits, _ = self._decode(fresh, kv_cache=cache)
-            token = sample_next(logits[:, -1, :].float(), context, temperature, top_k, top_p,
+            token = sample_next(logits[:, -1, :vocab_size].float(), context, temperature, top_k, top_p,
                                 repetition_penalty, generator)
             yield token
             context = torch.cat((context, token[:, None]), dim=1)

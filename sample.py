@@ -100,7 +100,8 @@ def sample_tokens(prompt, n, temperature, top_k, top_p, max_tokens, generator):
     x = torch.tensor([prompt] * n, dtype=torch.long, device=device)
     with torch.no_grad(), ctx:
         for column in model.generate(x, max_tokens, temperature, top_k or None, top_p or None,
-                                     repetition_penalty, kv_cache=kv_cache, generator=generator):
+                                     repetition_penalty, kv_cache=kv_cache, generator=generator,
+                                     vocab_size=tok.vocab_size):
             yield column.tolist()
 
 

@@ -690,6 +690,8 @@ def recover(out_dir):
     journal = out_dir / JOURNAL
     if journal.exists():
         before = json.loads(journal.read_text())
+        if "sizes" not in before:  # a journal of an older nanotalk: sizes only, its meta.json not yet written
+            before = {"meta": meta_hash(out_dir), "sizes": before}
         if meta_hash(out_dir) == before["meta"]:
             for name, size in before["sizes"].items():
                 if (out_dir / name).exists():

@@ -299,7 +299,7 @@ def sample_reply(model, tok, message):
     reply = chat.Reply(tok)
     model.eval()
     with ctx:
-        for token in model.generate(prompt, block_size // 2, temperature=0.8,
+        for token in model.generate(prompt, block_size // 2, temperature=0.8, vocab_size=tok.vocab_size,
                                     generator=torch.Generator(device=device).manual_seed(seed)):
             if reply.add(token.item()):
                 break

@@ -74,19 +74,18 @@ def raw_tiktoken_dialogues(path, threads=2, batch=10_000):
     enc = tiktoken.get_encoding("gpt2")
     rows = [json.loads(line) for line in open(path)]
     texts = [t for r in rows for t, _ in dialogue_pieces(r if isinstance(r, list) else [m["content"] for m in r["messages"]])]
-    wall = cpu = 0.0
-    for i in range(0, len(texts), batch):
-        t0, c0 = time.perf_counter(), time.process_time()
-        enc.encode_ordinary_batch(texts[i:i + batch], num_threads=threads)
-        wall, cpu = wall + time.perf_counter() - t0, cpu + time.process_time() - c0
-    return wall, cpu
+    return encode_timed(enc, texts, threads, batch)
 
 
 def raw_tiktoken(path, threads=2, batch=1000):
     """tiktoken's own batch encoder on the corpus texts, reading excluded: (wall s, CPU s)."""
     import tiktoken
     enc = tiktoken.get_encoding("gpt2")
-    texts = [json.loads(line)["text"] for line in open(path)]
+    return encode_timed(enc, [json.loads(line)["text"] for line in open(path)], threads, batch)
+
+
+def encode_timed(enc, texts, threads, batch):
+    """(wall s, CPU s) of encode_ordinary_batch over texts, batch at a time."""
     wall = cpu = 0.0
     for i in range(0, len(texts), batch):
         t0, c0 = time.perf_counter(), time.process_time()

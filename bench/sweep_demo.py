@@ -77,7 +77,7 @@ if __name__ == "__main__":
             rows.append((name, *iters.groups(), score["all"]["bits_per_byte"], score["B"]["bits_per_byte"],
                          score["all"]["loss"]))
             print(f"{name}: {rows[-1][1:]}", flush=True)
-    print(f"\n| candidate | iterations | ms/step | held-out bits/byte | B's turns | loss/token |")
+    print("\n| candidate | iterations | ms/step | held-out bits/byte | B's turns | loss/token |")
     print("|---|---|---|---|---|---|")
     for name, iters, ms, bpb, bpb_b, loss in rows:
         print(f"| {name} | {iters} | {ms} | {bpb:.3f} | {bpb_b:.3f} | {loss:.3f} |")

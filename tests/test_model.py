@@ -315,3 +315,13 @@ def test_export_hf_loads_in_transformers(tmp_path, bias):
     assert_close_logits(hf_logits(hf, idx), ours(idx, idx)[0])
     again = GPT.from_pretrained(str(tmp_path)).eval()  # and back (zero biases where ours had none)
     assert_close_logits(again(idx, idx)[0], ours(idx, idx)[0])
+
+
+def test_padded_vocab_ids_are_never_drawn():
+    """A vocab padded to a multiple of 64 has ids no tokenizer can decode: generate never draws them."""
+    model, idx = tiny(vocab_size=64), torch.randint(0, 50, (2, 4))
+    hot = dict(temperature=5.0, generator=torch.Generator().manual_seed(0))
+    assert run(model, idx, 40, **hot).max() >= 50  # drawn without the limit (the test can fail)
+    hot = dict(temperature=5.0, generator=torch.Generator().manual_seed(0))
+    assert run(model, idx, 40, vocab_size=50, **hot).max() < 50
+    assert run(model, idx, 20, vocab_size=50, temperature=0).max() < 50
