@@ -165,10 +165,11 @@ def ends_with_label(text):
     return re.search(r"(^|\n)\w+:$", text) is not None
 
 
-def end_of_reply(text):
+def end_of_reply(text, start=0):
     """Index where the model's turn ends in decoded reply text (the separator may arrive split
-    across tokens, so check text, not ids), or None while the turn goes on."""
-    i = text.find(SEPARATOR)
+    across tokens, so check text, not ids), or None while the turn goes on. start: where to look
+    from, when the text before it has been looked at already."""
+    i = text.find(SEPARATOR, start)
     return None if i < 0 else i
 
 
@@ -194,10 +195,10 @@ class Reply:
         if piece.endswith("\ufffd") and len(self.pending) < 4:  # a character's first bytes: wait for the rest
             return False
         self.pending = []
-        start = max(0, len(self.decoded) - len(SEPARATOR) + 1)
+        start = max(0, len(self.decoded) - len(SEPARATOR) + 1)  # a separator may begin in the text before
         self.decoded += piece
-        end = self.decoded.find(SEPARATOR, start)
-        if end >= 0:
+        end = end_of_reply(self.decoded, start)
+        if end is not None:
             self.decoded, self.done = self.decoded[:end], True
         return self.done
 
