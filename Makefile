@@ -1,5 +1,6 @@
-# make demo: prepare DailyDialog (a BPE of its own), train a small chat model for 4 minutes on the
-#   CPU, score it on held-out dialogues, draw its loss curves, chat with it. DTYPE=float32 forces fp32.
+# make demo: prepare DailyDialog (a BPE of its own) and a little other text, train a small chat model for
+#   4 minutes on the CPU, score it on held-out dialogues, draw its loss curves, chat with it.
+#   DTYPE=float32 forces fp32.
 # make test: the test suite. Both install into .venv from requirements.txt first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,12 +10,21 @@ ifneq ($(wildcard $(SHARED)/tiktoken_cache),)
 export TIKTOKEN_CACHE_DIR ?= $(SHARED)/tiktoken_cache
 endif
 DEMO_DATA ?= $(wildcard $(SHARED)/data/dailydialog/dialogues_validation.txt)
+# Beside ../shared the demo's 1,000 DailyDialog dialogues are mixed with other short dialogues and web
+# text in its BPE (config/train_chat_demo.py); else the whole corpus is downloaded and trained on alone.
+DEMO_EXTRAS := $(if $(wildcard $(SHARED)/data/webtext),yes)
 DTYPE ?=
 
 .PHONY: demo test
 demo: $(VENV)/.installed
-	$(PY) data/dailydialog/prepare.py $(DEMO_DATA) --tokenizer bpe:8192 --out_dir data/dailydialog_demo
-	$(PY) train.py config/train_chat_demo.py $(if $(DTYPE),--dtype=$(DTYPE))
+	$(PY) data/dailydialog/prepare.py $(DEMO_DATA) --tokenizer bpe:4096 --out_dir data/dailydialog_demo
+ifdef DEMO_EXTRAS
+	$(PY) data/chatterbot/prepare.py $(SHARED)/data/chatterbot_corpus/english --tokenizer data/dailydialog_demo --out_dir data/chatterbot_demo
+	$(PY) data/reddit/prepare.py $(wildcard $(SHARED)/data/reddit/RC_2005-12.zst $(SHARED)/data/reddit/thread_*.jsonl) --tokenizer data/dailydialog_demo --out_dir data/reddit_demo
+	$(PY) data/webtext/prepare.py $(wildcard $(SHARED)/data/webtext/*.jsonl) --tokenizer data/dailydialog_demo --out_dir data/webtext_demo
+	$(PY) data/jsonl/prepare.py $(SHARED)/data/taskmaster4/TM-4-2024_data_00.json --tokenizer data/dailydialog_demo --out_dir data/taskmaster_demo
+endif
+	$(PY) train.py config/train_chat_demo.py $(if $(DEMO_EXTRAS),,--dataset=dailydialog_demo) $(if $(DTYPE),--dtype=$(DTYPE))
 	$(PY) eval.py --out_dir=out-chat-demo
 	$(PY) plot.py out-chat-demo
 	printf 'Hi, how are you today?\nWhat do you do for a living?\nWhere should we go for dinner?\n' | \

@@ -291,7 +291,7 @@ def train_bpe(texts, vocab_size, name):
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOT_TEXT], show_progress=False,
+        vocab_size=vocab_size, special_tokens=[EOT_TEXT], show_progress=sys.stderr.isatty(),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # all 256 bytes: any text encodes
     text = bpe.to_str()
     return BPETokenizer({"kind": "bpe", "name": name, "path": BPE_FILE, "hash": content_hash([text.encode()]),

@@ -20,6 +20,7 @@ from json import dumps
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm  # a progress line on a terminal only
 
 import chat
 import checkpoint
@@ -45,7 +46,7 @@ def score(model, tokens, roles, token_bytes, block_size, batch_size, ctx, device
     sums = {g: np.zeros(3) for g in ('all', 'A', 'B', 'context')}
     starts = range(0, len(tokens) - 1, block_size)  # window i predicts tokens i*block_size+1 ...
     t0 = time.time()
-    for b in range(0, len(starts), batch_size):
+    for b in tqdm(range(0, len(starts), batch_size), desc="scoring", unit="batch", leave=False, disable=None):
         x = torch.full((len(starts[b:b + batch_size]), block_size), 0, dtype=torch.long)
         y = torch.full_like(x, -1)  # -1: past the end of the data, not scored
         for row, s in enumerate(starts[b:b + batch_size]):

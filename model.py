@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from muon import Muon
+
 
 @dataclass
 class GPTConfig:
@@ -64,7 +66,6 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
-        self.dropout = config.dropout
 
     def forward(self, x, kv_cache=None, layer=0):
         B, T, C = x.size()
@@ -82,25 +83,24 @@ class CausalSelfAttention(nn.Module):
         mask = None  # (T first: a compiled one-token step then never branches on the cache length)
         if T > 1 and start > 0:
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
-        dropout = self.dropout if self.training else 0.0
+        # No dropout on the attention weights (only on the residual stream): its T x T mask per head cost a
+        # quarter of a CPU step and, measured on the demo, bought nothing the extra steps did not beat
         if q.is_cpu and q.dtype == torch.bfloat16 and mask is None and 1 < T <= 512:
             # the CPU's bf16 flash kernel is slower than plain matmuls up to ~512 tokens (1.5x at
             # 256, 4x at 64: bench/bench_train.py), beyond which the T x T scores cost more
-            y = causal_attention(q, k, v, dropout)
+            y = causal_attention(q, k, v)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and mask is None,
-                                               dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and mask is None)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
-def causal_attention(q, k, v, dropout=0.0):
+def causal_attention(q, k, v):
     """What F.scaled_dot_product_attention(q, k, v, is_causal=True) computes, with the scores held."""
     T = q.size(-2)
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
     future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-    weights = F.dropout(scores.masked_fill(future, float("-inf")).softmax(-1), dropout)
-    return weights @ v
+    return scores.masked_fill(future, float("-inf")).softmax(-1) @ v
 
 
 class MLP(nn.Module):
@@ -201,14 +201,19 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, optimizer='adamw'):
         # Decay only the matrices (Linear weights, embeddings); biases and LayerNorm gains are not
         # decayed: pulling them toward zero only hurts.
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for p in params.values() if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params.values() if p.dim() < 2], "weight_decay": 0.0},
         ]
+        if optimizer == 'muon':  # the blocks' matrices take Muon steps; embeddings and gains AdamW's
+            hidden = [p for n, p in params.items() if p.dim() == 2 and n.startswith('transformer.h.')]
+            groups[0]["params"] = [p for p in groups[0]["params"] if all(p is not h for h in hidden)]
+            return Muon(groups + [{"params": hidden, "weight_decay": weight_decay, "muon": True}],
+                        lr=learning_rate, betas=betas)
         # the fused kernel does the whole update at once, not op by op over every tensor
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
 
@@ -329,7 +334,7 @@ class GPT(nn.Module):
         hf = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
                   n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
                   n_head=cfg.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
-                  resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                  resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=0.0,
                   tie_word_embeddings=True)
         if eot is not None:
             hf.update(bos_token_id=eot, eos_token_id=eot)

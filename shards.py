@@ -892,6 +892,7 @@ def prepare(args, read_items, script_file, patterns=("*",)):
         tok = CharTokenizer("".join(alphabet))
     elif args.tokenizer and args.tokenizer.startswith("bpe:"):
         texts = (text for item in read_items(paths, Report(max_warnings=0, max_record=max_record))
+                 if not is_val(split_key(item), args.seed, args.val_fraction)  # val stays unseen text
                  for text in item_texts(item))
         tok = train_bpe(texts, int(args.tokenizer[len("bpe:"):]), args.tokenizer)
     elif args.tokenizer and (Path(args.tokenizer) / "meta.json").is_file():  # the same ids as that dataset's

@@ -76,11 +76,12 @@ activation_checkpointing = False  # recompute each block's activations in backwa
 # shard weights, gradients and AdamW state over the ranks (FSDP2, under torchrun). Checkpoints are
 # then sharded too: ckpt.pt names its folder of shards (python export.py --to=x.pt makes one file)
 fsdp = False
-# AdamW
+# AdamW, or with muon Muon steps for the blocks' weight matrices (muon.py: often fewer steps to a loss)
+muon = False
 learning_rate = 1e-3
 max_iters = 2000  # optimizer steps in all
 # > 0: train for this many minutes of wall time instead. max_iters and lr_decay_iters are then set once,
-# after 15 steps, from the time an eval and a step take; the log says so, and a resume keeps them
+# after 45 steps, from the time an eval and a step take; the log says so, and a resume keeps them
 max_minutes = 0.0
 weight_decay = 0.1
 beta1 = 0.9
@@ -116,8 +117,8 @@ for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_int
         sys.exit(f"{k} must be at least 1, not {globals()[k]}")
 if train_on not in ('all', 'B', 'replies'):
     sys.exit(f"train_on must be 'all', 'B' or 'replies', not {train_on!r}")
-if fsdp and ('RANK' not in os.environ or dtype == 'float16'):
-    sys.exit("fsdp shards over the ranks of a torchrun launch (--nproc_per_node=1 is one), in bfloat16 or float32")
+if fsdp and ('RANK' not in os.environ or dtype == 'float16' or muon):
+    sys.exit("fsdp shards over the ranks of a torchrun launch (--nproc_per_node=1 is one), in bfloat16 or float32, with AdamW")
 # tests only, never a setting: 'kill:K' SIGKILL after iter K, 'term:K' SIGTERM to rank 0, 'nan:K' NaN loss at K
 faults = {kind: int(k) for kind, k in (f.split(':') for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f)}
 # -----------------------------------------------------------------------------
@@ -226,7 +227,7 @@ if fsdp:
     for block in model.transformer.h:
         fully_shard(block)  # each block's weights are gathered for its forward and backward only
     fully_shard(model)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), 'muon' if muon else 'adamw')
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')  # float16 gradients underflow unscaled
 raw_model = model  # no compile or DDP wrapper: its state_dict has plain names
 if resume:
@@ -418,10 +419,10 @@ while True:
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
     steps_timed += 1
-    if budget_pending and iter_num == start_iter + 5:
-        t_steps = time.time()  # the first steps are slower (memory grows): time the next 10
-    if budget_pending and iter_num == start_iter + 15:  # max_minutes: the steps and evals that fit
-        step_seconds = (time.time() - t_steps) / 10
+    if budget_pending and iter_num == start_iter + 15:
+        t_steps = time.time()  # the first steps are slower (memory grows, caches warm): time the next 30
+    if budget_pending and iter_num == start_iter + 45:  # max_minutes: the steps and evals that fit
+        step_seconds = (time.time() - t_steps) / 30
         steps = (max_minutes * 60 - (time.time() - t_start) - eval_seconds) / (step_seconds + eval_seconds / eval_interval)
         max_iters = lr_decay_iters = config['max_iters'] = config['lr_decay_iters'] = iter_num + max(0, int(steps))
         budget_pending = False

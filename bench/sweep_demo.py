@@ -1,11 +1,13 @@
 """
-What should `make demo` train in its few minutes? Each candidate (tokenizer + train.py overrides on
-top of config/train_chat_demo.py) trains for the same wall-clock budget (--max_minutes) on the
-DailyDialog sample in ../shared with a tenth of its dialogues held out, then eval.py scores it on
-those: bits per byte of the rendered text (what compares tokenizers fairly). Prints a table, never
-asserts. Each candidate takes the budget plus ~20 s.
+What should `make demo` train in its few minutes? Each candidate (tokenizer, data, train.py overrides
+on top of config/train_chat_demo.py) trains for the same wall-clock budget (--max_minutes) with a
+tenth of the DailyDialog sample in ../shared held out, then eval.py scores it on those: bits per byte
+of the rendered text (what compares tokenizers fairly). 'dd' trains on DailyDialog alone, 'mix' on the
+demo's mixture (DailyDialog 0.8 + chatterbot, reddit, webtext, taskmaster 0.05 each, in its BPE).
+Prints a table, never asserts. Each candidate takes the budget plus ~20 s; --jobs 2 runs two at once
+on one thread each (fewer steps each, but side by side: the same machine weather for both).
 
-$ python bench/sweep_demo.py --minutes 4 [--dtype float32] [--only NAME ...]
+$ python bench/sweep_demo.py --minutes 4 [--dtype float32] [--jobs 2] [--only NAME ...]
 """
 import argparse
 import json
@@ -14,69 +16,97 @@ import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DIALOGUES = SHARED / "data" / "dailydialog" / "dialogues_validation.txt"
+# the other datasets of the demo's mixture (config/train_chat_demo.py), as the Makefile prepares them
+EXTRAS = {
+    "chatterbot_demo": ("data/chatterbot/prepare.py", [SHARED / "data/chatterbot_corpus/english"]),
+    "reddit_demo": ("data/reddit/prepare.py", [SHARED / "data/reddit/RC_2005-12.zst",
+                                               *sorted((SHARED / "data/reddit").glob("thread_*.jsonl"))]),
+    "webtext_demo": ("data/webtext/prepare.py", sorted((SHARED / "data/webtext").glob("*.jsonl"))),
+    "taskmaster_demo": ("data/jsonl/prepare.py", [SHARED / "data/taskmaster4/TM-4-2024_data_00.json"]),
+}
+ADAMW_DD = ["--muon=False", "--dataset=dd"]  # the older candidates: AdamW on DailyDialog alone
+SHAPE = ["--n_layer=4", "--n_head=4", "--n_embd=128"]
 
-# name: (tokenizer, train.py overrides)
+# name: (tokenizer, train.py overrides); --dataset=dd trains on DailyDialog alone, else the mixture
 CANDIDATES = {
-    "char 4x128": ("char", ["--n_layer=4", "--n_head=4", "--n_embd=128", "--block_size=256", "--batch_size=16"]),
-    "bpe2k 4x128": ("bpe:2048", ["--n_layer=4", "--n_head=4", "--n_embd=128", "--block_size=128"]),
-    "bpe2k 4x192": ("bpe:2048", ["--n_layer=4", "--n_head=4", "--n_embd=192", "--block_size=128"]),
-    "bpe2k 6x192": ("bpe:2048", ["--n_layer=6", "--n_head=6", "--n_embd=192", "--block_size=128"]),
-    "bpe4k 4x192": ("bpe:4096", ["--n_layer=4", "--n_head=4", "--n_embd=192", "--block_size=128"]),
-    "bpe1k 4x192": ("bpe:1024", ["--n_layer=4", "--n_head=4", "--n_embd=192", "--block_size=128"]),
-    "bpe4k 4x128": ("bpe:4096", ["--n_layer=4", "--n_head=4", "--n_embd=128", "--block_size=128"]),
-    "bpe8k 4x128": ("bpe:8192", ["--n_layer=4", "--n_head=4", "--n_embd=128", "--block_size=128"]),
-    "bpe4k 4x128 lr3e-3": ("bpe:4096", ["--n_layer=4", "--n_head=4", "--n_embd=128", "--block_size=128",
-                                        "--learning_rate=3e-3", "--min_lr=3e-4"]),
-    "bpe4k 4x128 batch16": ("bpe:4096", ["--n_layer=4", "--n_head=4", "--n_embd=128", "--block_size=128",
-                                         "--batch_size=16"]),
-    "bpe8k 4x128 batch16": ("bpe:8192", ["--n_layer=4", "--n_head=4", "--n_embd=128", "--block_size=128",
-                                         "--batch_size=16"]),
-    "gpt2 4x128": ("gpt2", ["--n_layer=4", "--n_head=4", "--n_embd=128", "--block_size=128"]),
-    "bpe2k 4x192 drop0.1": ("bpe:2048", ["--n_layer=4", "--n_head=4", "--n_embd=192", "--block_size=128",
-                                         "--dropout=0.1"]),
-    "bpe2k 4x192 lr3e-3": ("bpe:2048", ["--n_layer=4", "--n_head=4", "--n_embd=192", "--block_size=128",
-                                        "--learning_rate=3e-3", "--min_lr=3e-4"]),
+    "char 4x128 block 256": ("char", ADAMW_DD + SHAPE + ["--block_size=256"]),
+    "bpe1k 4x192": ("bpe:1024", ADAMW_DD + ["--n_embd=192", "--batch_size=32"]),
+    "bpe2k 4x128": ("bpe:2048", ADAMW_DD + ["--batch_size=32"]),
+    "bpe2k 6x192": ("bpe:2048", ADAMW_DD + ["--n_layer=6", "--n_head=6", "--n_embd=192", "--batch_size=32"]),
+    "bpe4k 4x128": ("bpe:4096", ADAMW_DD),
+    "gpt2 4x128": ("gpt2", ADAMW_DD),
+    "adamw, dailydialog alone, bpe8k (the previous config)": ("bpe:8192", ADAMW_DD),
+    "the config (bpe4k, muon, the mixture)": ("bpe:4096", []),
+    "the config, bpe8k": ("bpe:8192", []),
+    "the config, bpe2k": ("bpe:2048", []),
+    "the config, adamw": ("bpe:4096", ["--muon=False"]),
+    "the config, dailydialog alone": ("bpe:4096", ["--dataset=dd"]),
+    "the config, lr 4e-3": ("bpe:4096", ["--learning_rate=4e-3", "--min_lr=4e-4"]),
+    "the config, dropout 0.2": ("bpe:4096", ["--dropout=0.2"]),
+    "the config, dropout 0": ("bpe:4096", ["--dropout=0.0"]),
+    "the config, lr 3e-3": ("bpe:4096", ["--learning_rate=3e-3", "--min_lr=3e-4"]),
+    "the config, weight decay 0.5": ("bpe:4096", ["--weight_decay=0.5"]),
+    "the config, block 256 batch 8": ("bpe:4096", ["--block_size=256", "--batch_size=8"]),
 }
 
 
-def run(*cmd):
+def run(*cmd, threads=None):
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": os.environ.get("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     p = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT, env=env, capture_output=True, text=True)
     if p.returncode:
         sys.exit(" ".join(map(str, cmd)) + "\n" + p.stdout + p.stderr)
     return p.stdout
 
 
+def prepare(tokenizer, folder):
+    """DailyDialog (a tenth held out: the split prepare makes by seeded hash) in tokenizer, then the
+    mixture's other datasets in the same ids -> the config's dataset setting with these folders."""
+    run("data/dailydialog/prepare.py", DIALOGUES, f"--tokenizer={tokenizer}", "--val_fraction=0.1",
+        f"--out_dir={folder / 'dailydialog_demo'}")
+    for name, (script, inputs) in EXTRAS.items():
+        run(script, *inputs, f"--tokenizer={folder / 'dailydialog_demo'}", f"--out_dir={folder / name}")
+    config = {}
+    exec((ROOT / "config" / "train_chat_demo.py").read_text(), config)
+    return folder, ",".join(str(folder / part) for part in config["dataset"].split(","))
+
+
+def train_and_score(name, prepared, args):
+    tokenizer, overrides = CANDIDATES[name]
+    folder, mixture = prepared[tokenizer]
+    out_dir = folder.parent.parent / "runs" / re.sub(r"\W", "_", name)
+    overrides = [f"--dataset={folder / 'dailydialog_demo'}" if o == "--dataset=dd" else o for o in overrides]
+    log = run("train.py", "config/train_chat_demo.py", f"--dataset={mixture}", f"--out_dir={out_dir}",
+              f"--max_minutes={args.minutes}", *([f"--dtype={args.dtype}"] if args.dtype else []),
+              *overrides, *args.set, threads=1 if args.jobs > 1 else None)
+    iters = re.search(r"max_minutes [\d.]+: (\d+) iterations in all \((\d+) ms a step", log)
+    score = json.loads(run("eval.py", f"--out_dir={out_dir}", f"--dataset={folder / 'dailydialog_demo'}", "--json"))
+    row = (name, *iters.groups(), score["all"]["bits_per_byte"], score["B"]["bits_per_byte"], score["all"]["loss"])
+    print(f"{name}: {row[1:]}", flush=True)
+    return row
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=4.0)
     p.add_argument("--dtype", help="train.py's dtype (default: the machine's)")
+    p.add_argument("--jobs", type=int, default=1, help="candidates trained at once, one thread each")
     p.add_argument("--only", nargs="*", help="candidate names (default: all)")
     p.add_argument("--set", nargs="*", default=[], help="extra train.py overrides for every candidate")
     args = p.parse_args()
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = {}
-        for name in args.only or CANDIDATES:
-            tokenizer, overrides = CANDIDATES[name]
-            if tokenizer not in prepared:  # a tenth held out: the split prepare makes by seeded hash
-                prepared[tokenizer] = Path(tmp) / re.sub(r"\W", "_", tokenizer)
-                run("data/dailydialog/prepare.py", DIALOGUES, f"--tokenizer={tokenizer}", "--val_fraction=0.1",
-                    f"--out_dir={prepared[tokenizer]}")
-            out_dir = Path(tmp) / re.sub(r"\W", "_", name)
-            log = run("train.py", "config/train_chat_demo.py", f"--dataset={prepared[tokenizer]}", f"--out_dir={out_dir}",
-                      f"--max_minutes={args.minutes}", *([f"--dtype={args.dtype}"] if args.dtype else []),
-                      *overrides, *args.set)
-            iters = re.search(r"max_minutes [\d.]+: (\d+) iterations in all \((\d+) ms a step", log)
-            score = json.loads(run("eval.py", f"--out_dir={out_dir}", "--json"))
-            rows.append((name, *iters.groups(), score["all"]["bits_per_byte"], score["B"]["bits_per_byte"],
-                         score["all"]["loss"]))
-            print(f"{name}: {rows[-1][1:]}", flush=True)
+        names = args.only or list(CANDIDATES)
+        prepared = {tok: prepare(tok, Path(tmp) / "data" / re.sub(r"\W", "_", tok))
+                    for tok in dict.fromkeys(CANDIDATES[n][0] for n in names)}
+        with ThreadPoolExecutor(args.jobs) as pool:
+            rows = list(pool.map(lambda name: train_and_score(name, prepared, args), names))
     print("\n| candidate | iterations | ms/step | held-out bits/byte | B's turns | loss/token |")
     print("|---|---|---|---|---|---|")
     for name, iters, ms, bpb, bpb_b, loss in rows:

@@ -414,10 +414,11 @@ def test_training_and_chat_need_no_zstandard_or_requests(runs, tmp_path):
     ("--batch_size=0", "batch_size must be at least 1, not 0"),
     ("--device=cdua", "device 'cdua' is not a device"),
     ("--dropout=1.5", "dropout must be in [0, 1)"),
+    ("--muon=True --fsdp=True", "with AdamW"),
 ])
 def test_bad_settings_stop_before_any_work(runs, tmp_path, setting, message):
     tmp, _ = runs
-    p = train(tmp, tmp_path / "out", setting, check=False)
+    p = train(tmp, tmp_path / "out", *setting.split(), check=False)
     assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "out").exists()  # nothing written
 
@@ -437,18 +438,18 @@ def test_damaged_checkpoints_say_what_is_wrong(runs, tmp_path):
 
 
 def test_max_minutes_fixes_the_schedule_once_and_resume_keeps_it(runs, tmp_path):
-    """A wall-clock budget: the iterations that fit are set once after 15 steps (during warmup, so
+    """A wall-clock budget: the iterations that fit are set once after 45 steps (during warmup, so
     the steps before do not depend on it), said in the log and kept by a resume; the run then ends
     exactly as one given that number of iterations from the start."""
     tmp, _ = runs
-    budget = ["--max_minutes=0.1", "--warmup_iters=15", "--eval_interval=50", "--init_from=auto"]
-    p = train(tmp, tmp_path / "budget", *budget, fault="term:17", check=False)
+    budget = ["--max_minutes=0.1", "--warmup_iters=45", "--eval_interval=100", "--init_from=auto"]
+    p = train(tmp, tmp_path / "budget", *budget, fault="term:47", check=False)
     [line] = log_lines(p.stdout, "max_minutes 0.1: ")
     n = int(line.split()[2])
-    assert n > 17 and load(tmp_path / "budget" / "ckpt.pt")["config"]["lr_decay_iters"] == n, p.stdout
+    assert n > 47 and load(tmp_path / "budget" / "ckpt.pt")["config"]["lr_decay_iters"] == n, p.stdout
     p = train(tmp, tmp_path / "budget", *budget)
     assert not log_lines(p.stdout, "max_minutes") and log_lines(p.stdout, "iter ")[-1].startswith(f"iter {n}: ")
-    train(tmp, tmp_path / "fixed", f"--max_iters={n}", f"--lr_decay_iters={n}", "--warmup_iters=15", "--eval_interval=50")
+    train(tmp, tmp_path / "fixed", f"--max_iters={n}", f"--lr_decay_iters={n}", "--warmup_iters=45", "--eval_interval=100")
     assert_same_weights(load(tmp_path / "fixed" / "ckpt.pt"), load(tmp_path / "budget" / "ckpt.pt"))
 
 
