@@ -126,3 +126,20 @@ def test_text_pieces_encode_like_the_whole_with_cl100k(tiktoken_vocab):
     pieces = list(shards.read_text(src, shards.Report(), piece_bytes=50_000))
     assert len(pieces) > 10
     assert np.array_equal(np.concatenate([tok.encode_array(p) for p in pieces]), tok.encode_array(src.read_text()))
+
+
+def test_a_trained_bpe_never_sees_the_val_split(tmp_path):
+    """Its merges come from train dialogues only: a made-up word said often in one dialogue becomes
+    one token when that dialogue is in train, and stays in pieces when it is in val (a held-out score
+    would otherwise be flattered by a tokenizer fitted to the held-out text)."""
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("bcdfghjklmnpqrstvwxz"), 7)) for _ in range(60)]
+    (tmp_path / "dialogues.jsonl").write_text("".join(json.dumps([f"{w} " * 20, "ok"]) + "\n" for w in words))
+    prepare("jsonl", tmp_path / "dialogues.jsonl", "--tokenizer", "bpe:1024", "--val_fraction", 0.3,
+            "--out_dir", tmp_path / "d")
+    tok = chat.load_tokenizer(chat.load_meta(tmp_path / "d"))
+    val_text = tok.decode(chat.open_split(tmp_path / "d", "val")[0].tolist())
+    pieces = {split: [len(tok.encode(" " + w)) for w in words if (w in val_text) == (split == "val")]
+              for split in ("train", "val")}
+    assert len(pieces["val"]) >= 5 and len(pieces["train"]) >= 20, pieces
+    assert max(pieces["train"]) <= 2 and min(pieces["val"]) >= 3, pieces
