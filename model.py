@@ -22,7 +22,7 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
-    dropout: float = 0.0
+    dropout: float = 0.0  # on the embeddings and the residual stream (not the attention weights)
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit faster
 
     def __post_init__(self):
