@@ -201,18 +201,18 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, optimizer='adamw'):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, muon=False):
         # Decay only the matrices (Linear weights, embeddings); biases and LayerNorm gains are not
-        # decayed: pulling them toward zero only hurts.
+        # decayed: pulling them toward zero only hurts. With muon the blocks' matrices take Muon
+        # steps (muon.py); embeddings and gains AdamW's.
         params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        hidden = [n for n, p in params.items() if muon and p.dim() == 2 and n.startswith('transformer.h.')]
         groups = [
-            {"params": [p for p in params.values() if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for n, p in params.items() if p.dim() >= 2 and n not in hidden], "weight_decay": weight_decay},
             {"params": [p for p in params.values() if p.dim() < 2], "weight_decay": 0.0},
         ]
-        if optimizer == 'muon':  # the blocks' matrices take Muon steps; embeddings and gains AdamW's
-            hidden = [p for n, p in params.items() if p.dim() == 2 and n.startswith('transformer.h.')]
-            groups[0]["params"] = [p for p in groups[0]["params"] if all(p is not h for h in hidden)]
-            return Muon(groups + [{"params": hidden, "weight_decay": weight_decay, "muon": True}],
+        if muon:
+            return Muon(groups + [{"params": [params[n] for n in hidden], "weight_decay": weight_decay, "muon": True}],
                         lr=learning_rate, betas=betas)
         # the fused kernel does the whole update at once, not op by op over every tensor
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)

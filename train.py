@@ -227,7 +227,7 @@ if fsdp:
     for block in model.transformer.h:
         fully_shard(block)  # each block's weights are gathered for its forward and backward only
     fully_shard(model)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), 'muon' if muon else 'adamw')
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), muon)
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')  # float16 gradients underflow unscaled
 raw_model = model  # no compile or DDP wrapper: its state_dict has plain names
 if resume:

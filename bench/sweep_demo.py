@@ -2,9 +2,9 @@
 What should `make demo` train in its few minutes? Each candidate (tokenizer, data, train.py overrides
 on top of config/train_chat_demo.py) trains for the same wall-clock budget (--max_minutes) with a
 tenth of the DailyDialog sample in ../shared held out, then eval.py scores it on those: bits per byte
-of the rendered text (what compares tokenizers fairly). Candidates train on the demo's mixture
-(DailyDialog 0.8 + chatterbot, reddit, webtext, taskmaster 0.05 each, in its BPE) unless their
---dataset names other weights or DailyDialog alone.
+of the rendered text (what compares tokenizers fairly). Candidates train on the demo's mixture (the
+config's dataset setting, every part in the candidate's BPE) unless their --dataset names other
+weights or DailyDialog alone.
 Prints a table, never asserts. Each candidate takes the budget plus ~20 s; --jobs 2 runs two at once
 on one thread each (fewer steps each, but side by side: the same machine weather for both).
 
@@ -32,11 +32,10 @@ EXTRAS = {
     "taskmaster_demo": ("data/jsonl/prepare.py", [SHARED / "data/taskmaster4/TM-4-2024_data_00.json"]),
 }
 ADAMW_DD = ["--muon=False", "--dataset=dailydialog_demo"]  # the older candidates: AdamW on DailyDialog alone
-SHAPE = ["--n_layer=4", "--n_head=4", "--n_embd=128"]
 
 # name: (tokenizer, train.py overrides); a --dataset override names the datasets as the config does
 CANDIDATES = {
-    "char 4x128 block 256": ("char", ADAMW_DD + SHAPE + ["--block_size=256"]),
+    "char 4x128 block 256": ("char", ADAMW_DD + ["--block_size=256"]),
     "bpe1k 4x192": ("bpe:1024", ADAMW_DD + ["--n_embd=192", "--batch_size=32"]),
     "bpe2k 4x128": ("bpe:2048", ADAMW_DD + ["--batch_size=32"]),
     "bpe2k 6x192": ("bpe:2048", ADAMW_DD + ["--n_layer=6", "--n_head=6", "--n_embd=192", "--batch_size=32"]),
@@ -48,8 +47,8 @@ CANDIDATES = {
     "the config, bpe2k": ("bpe:2048", []),
     "the config, adamw": ("bpe:4096", ["--muon=False"]),
     "the config, dailydialog alone": ("bpe:4096", ["--dataset=dailydialog_demo"]),
-    "the config, dailydialog 0.7": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.075,"
-                                                 "reddit_demo:0.075,webtext_demo:0.075,taskmaster_demo:0.075"]),
+    "the config, dailydialog 0.8": ("bpe:4096", ["--dataset=dailydialog_demo:0.8,chatterbot_demo:0.05,"
+                                                 "reddit_demo:0.05,webtext_demo:0.05,taskmaster_demo:0.05"]),
     "the config, dropout 0.15": ("bpe:4096", ["--dropout=0.15"]),
     "the config, lr 4e-3": ("bpe:4096", ["--learning_rate=4e-3", "--min_lr=4e-4"]),
     "the config, dropout 0.2": ("bpe:4096", ["--dropout=0.2"]),

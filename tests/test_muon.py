@@ -40,7 +40,7 @@ def test_adamw_groups_step_as_torch_adamw():
 
 def test_muon_groups_hold_the_blocks_matrices_only():
     model = GPT(GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=32, vocab_size=64))
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'muon')
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), muon=True)
     muon = {id(p) for g in opt.param_groups if g['muon'] for p in g['params']}
     names = {n for n, p in model.named_parameters() if id(p) in muon}
     assert names == {n for n, p in model.named_parameters() if n.startswith('transformer.h.') and p.dim() == 2}
