@@ -42,9 +42,10 @@ class KVCache:
 
     def __init__(self, config, batch_size, dtype=torch.float32, device="cpu"):
         # Keys and values side by side, so one copy stores both. One spare position: a full cache is
-        # then never the whole buffer, which torch.compile would specialize (recompile) on.
+        # then never the whole buffer, which torch.compile would specialize (recompile) on. Zeros, not
+        # empty: DecodeStep reads past pos (masked, but a NaN there would still poison 0 * NaN).
         shape = (batch_size, config.n_head, 2, config.block_size + 1, config.n_embd // config.n_head)
-        self.kv = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
+        self.kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.pos = 0
 
     def update(self, layer, kv):
@@ -53,8 +54,55 @@ class KVCache:
         self.kv[layer][:, :, :, self.pos:end] = kv
         return self.kv[layer][:, :, :, :end]
 
+    def write(self, layer, kv, position):
+        """Store one token's kv (B, nh, 2, 1, hs) at position, a (1,) tensor on the device (the fixed
+        shapes of DecodeStep); return the whole buffer."""
+        return self.kv[layer].index_copy_(3, position, kv)
+
     def reset(self):
         self.pos = 0
+
+
+class DecodeStep:
+    """generate()'s one-token step with the KV cache at fixed shapes: the token and its position are
+    tensors on the device and attention reads the cache's whole buffer, masked past the position.
+    Nothing in it then asks the host anything, so on CUDA it is captured once as a CUDA graph and
+    each new token is one replay: batch-1 decoding is bound by launching a few hundred small kernels
+    per token, not by the GPU. Without graph the same step runs eagerly (what CPU tests compare)."""
+
+    def __init__(self, model, batch_size, dtype, device, graph):
+        self.key = (batch_size, dtype, device, graph)
+        self.model, self.cache = model, KVCache(model.config, batch_size, dtype, device)
+        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.graph = None
+        if graph:
+            assert device.type == "cuda", f"CUDA graphs need a CUDA device, not {device}: static_decode(graph=False)"
+            side = torch.cuda.Stream(device)  # warm-up (cuBLAS workspaces, the allocator) off the capture stream
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.forward()
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self.forward()  # replays write their logits here
+
+    def forward(self):
+        return self.model(self.token, kv_cache=self.cache, position=self.position)[0]
+
+    def __call__(self, token):
+        """The logits (B, 1, V) after token (B, 1) at the cache's pos, which advances by one."""
+        assert self.cache.pos < self.model.config.block_size
+        self.token.copy_(token)
+        self.position.fill_(self.cache.pos)  # a launch with the value in it, no sync
+        if self.graph is None:
+            logits = self.forward()
+        else:
+            self.graph.replay()
+            logits = self.logits
+        self.cache.pos += 1
+        return logits
 
 
 class CausalSelfAttention(nn.Module):
@@ -67,20 +115,23 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
 
-    def forward(self, x, kv_cache=None, layer=0):
+    def forward(self, x, kv_cache=None, layer=0, position=None):
         B, T, C = x.size()
         # (B, T, 3C) -> (B, nh, 3, T, hs): keys and values stay side by side for the cache
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).transpose(1, 3)
         q, kv = qkv[:, :, 0], qkv[:, :, 1:]
-        start = 0
-        if kv_cache is not None:
+        start, mask = 0, None
+        if position is not None:  # DecodeStep: one token sees the whole buffer up to its position
+            kv = kv_cache.write(layer, kv, position)
+            mask = torch.arange(kv.size(3), device=x.device) <= position[:, None]  # (1, block_size + 1)
+        elif kv_cache is not None:
             start = kv_cache.pos
             kv = kv_cache.update(layer, kv)
         k, v = kv.unbind(2)
         # From position 0, is_causal is the plain causal mask (and keeps the flash kernel). A single
         # new token may see every cached one. Several new tokens after a cached prefix need the
         # causal mask shifted by the prefix length (is_causal aligns it top-left, which is wrong).
-        mask = None  # (T first: a compiled one-token step then never branches on the cache length)
+        # T is tested first: a compiled one-token step then never branches on the cache length.
         if T > 1 and start > 0:
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
         # No dropout on the attention weights (only on the residual stream): its T x T mask per head cost a
@@ -125,8 +176,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+    def forward(self, x, kv_cache=None, layer=0, position=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, layer, position)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -166,23 +217,28 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, targets=None, kv_cache=None):
+    def forward(self, idx, targets=None, kv_cache=None, position=None):
         """idx (B, T) token ids. With targets (B, T), -1 = ignored: the mean loss, and in eval mode
         the logits of every position too (training mode returns None for them, see lm_head_loss).
         Without: logits of the last position only. With a kv_cache, idx continues
-        the cached positions and the cache advances by T."""
+        the cached positions and the cache advances by T; with a position too (DecodeStep), idx is
+        one token at that position, a (1,) tensor, and the cache's pos is left to the caller."""
         B, T = idx.size()
-        start = 0 if kv_cache is None else kv_cache.pos
-        assert start + T <= self.config.block_size, \
-            f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe.weight[start:start + T])
+        if position is None:
+            start = 0 if kv_cache is None else kv_cache.pos
+            assert start + T <= self.config.block_size, \
+                f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
+            positions = self.transformer.wpe.weight[start:start + T]
+        else:
+            positions = self.transformer.wpe(position)
+        x = self.transformer.drop(self.transformer.wte(idx) + positions)
         for i, block in enumerate(self.transformer.h):
             if self.activation_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)  # same dropout masks again
             else:
-                x = block(x, kv_cache, i)
+                x = block(x, kv_cache, i, position)
         x = self.transformer.ln_f(x)
-        if kv_cache is not None:
+        if kv_cache is not None and position is None:
             kv_cache.pos += T
         if targets is not None and self.training:
             logits = None  # never built whole: see lm_head_loss
@@ -227,6 +283,8 @@ class GPT(nn.Module):
     # ---------------------------------------------------------------------------------- sampling
 
     _decode = None  # the compiled one-token forward, once compile_decode() ran
+    _decode_graph = None  # once static_decode() ran: whether its DecodeSteps are CUDA graphs
+    _decode_step = None  # the last DecodeStep, kept for the next generate() of the same shape
 
     @torch.inference_mode()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
@@ -239,20 +297,29 @@ class GPT(nn.Module):
         to a multiple of 64) are never drawn. Call model.eval() first."""
         block_size = self.config.block_size
         context = idx[:, -block_size:]  # what the model sees
-        cache = None
+        cache = step = None  # step: the one-token forward with the cache, if not the plain one
         if kv_cache:  # in the dtype attention computes in
             device_type = idx.device.type
             autocast = torch.is_autocast_enabled(device_type)
             dtype = torch.get_autocast_dtype(device_type) if autocast else self.lm_head.weight.dtype
-            cache = KVCache(self.config, idx.size(0), dtype, idx.device)
+            if self._decode_graph is not None:
+                key = (idx.size(0), dtype, idx.device, self._decode_graph)
+                if self._decode_step is None or self._decode_step.key != key:
+                    self._decode_step = DecodeStep(self, *key)
+                step, cache = self._decode_step, self._decode_step.cache
+                cache.reset()
+            else:
+                cache = KVCache(self.config, idx.size(0), dtype, idx.device)
+                if self._decode is not None:
+                    step = lambda token: self._decode(token, kv_cache=cache)[0]  # noqa: E731
         fresh = context  # tokens of the context not in the cache yet
         for _ in range(max_new_tokens):
             if cache is None:
                 logits, _ = self(context)
-            elif cache.pos == 0 or self._decode is None:  # the prompt, or the half kept, at once
+            elif cache.pos == 0 or step is None:  # the prompt, or the half kept, at once
                 logits, _ = self(fresh, kv_cache=cache)
             else:
-                logits, _ = self._decode(fresh, kv_cache=cache)
+                logits = step(fresh)
             token = sample_next(logits[:, -1, :vocab_size].float(), context, temperature, top_k, top_p,
                                 repetition_penalty, generator)
             yield token
@@ -274,6 +341,14 @@ class GPT(nn.Module):
         changed later are not seen."""
         options = {"freezing": True, "max_autotune": True, "coordinate_descent_tuning": True}  # no CUDA graphs
         self._decode = torch.compile(self.forward, dynamic=True, options=options)
+        self._decode_graph = self._decode_step = None
+
+    def static_decode(self, graph=True):
+        """Run generate()'s one-token steps as a DecodeStep (fixed shapes), captured as a CUDA graph
+        when graph (CUDA only): what sample.py does on CUDA, after casting the weights to the dtype it
+        samples in once (autocast would re-cast them every token, and in a captured graph it would
+        have to keep no cast cache). The capture holds the weights' storage: call this after .to()."""
+        self._decode_graph, self._decode_step, self._decode = graph, None, None
 
     # ------------------------------------------------------------------------ checkpoints, GPT-2
 

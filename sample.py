@@ -16,7 +16,7 @@ import torch
 
 import chat
 import checkpoint
-from machine import autocast, choose
+from machine import DTYPES, autocast, choose
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -33,7 +33,7 @@ repetition_penalty = 1.0
 seed = 1337
 device = None              # 'cpu', 'cuda', 'mps'; default: the best there is
 dtype = None               # default: bf16/fp16 on GPUs, fp32 on CPUs (see machine.py)
-compile = False
+compile = False            # CPU: torch.compile the one-token step (CUDA runs it as a CUDA graph)
 interactive = False
 kv_cache = True
 stop = True                # end at the end of the model's turn (when the prompt ends with a label)
@@ -85,7 +85,11 @@ else:  # OpenAI's GPT-2 or a local Hugging Face GPT-2 folder
     model = GPT.from_pretrained(init_from)
     tok = chat.load_tokenizer('gpt2')
 model.eval().to(device)
-if compile:
+if device_type == 'cuda':  # the weights cast once, not by autocast for every token, and each token one graph replay
+    model.to(DTYPES[dtype])
+    ctx = autocast(device_type, 'float32')
+    model.static_decode(graph=True)
+elif compile:
     model.compile_decode()  # the one-token step; prompts run eager
 block_size = model.config.block_size
 

@@ -8,8 +8,10 @@ each row also as it finishes (a run cut short still shows what it got), then the
   where model.py builds the full logits and calls F.cross_entropy, and foreach AdamW; as
   bench/bench_train.py does on CPU). Median step after warm-up.
 - generate: tok/s of model.generate, GPT-2 124M shape, random weights, batch 1, 1,024 new tokens
-  after a 1-token prompt, under sample.py's dtype: with the KV cache, without (kv_cache=False), and
-  with model.compile_decode() (in a child process with a time limit: "if it finishes").
+  after a 1-token prompt, in sample.py's dtype: as sample.py runs it on CUDA (the weights cast once,
+  static_decode(): each token a CUDA graph replay; its greedy tokens checked against the uncached
+  path's), under autocast with the KV cache, without it (kv_cache=False), and with
+  model.compile_decode() (in a child process with a time limit: "if it finishes").
 - train.py: torchrun --standalone --nproc_per_node=1 for 40 iterations, --init_from=resume to 60,
   --fsdp=True for 20 (124M shape at block 256, batch 8, no compile, to fit the time), and the demo
   config with a short --max_minutes; their last logged ms/iter.
@@ -44,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import chat
-from machine import autocast, default_dtype, peak_flops, tune_process
+from machine import DTYPES, autocast, default_dtype, peak_flops, tune_process
 from model import GPT, GPTConfig
 
 GPT2 = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
@@ -108,30 +110,42 @@ def shape_text(shape):
     return f"{shape['n_layer']}x{shape['n_embd']}, block {shape['block_size']}, vocab {shape['vocab_size']}"
 
 
-def generate_tok_s(args, kv_cache=True, compiled=False):
+def generate_tok_s(args, kv_cache=True, compiled=False, static=False):
     shape, n = (TINY, 96) if args.quick else (GPT2, 1024)  # quick: past block 64, the window rule too
     torch.manual_seed(0)
     model = GPT(GPTConfig(dropout=0.0, **shape)).to(args.device).eval()
     dtype = default_dtype(args.device, generating=True)  # what sample.py generates in
     ctx = autocast(args.kind, dtype)
+    if static:  # as sample.py runs on CUDA
+        model.to(DTYPES[dtype])
+        ctx = autocast(args.kind, "float32")
+        model.static_decode(graph=args.kind == "cuda")
+
+    def tokens(new_tokens, kv_cache=kv_cache, **kw):
+        prompt = torch.zeros((1, 1), dtype=torch.long, device=args.device)
+        with ctx:
+            # .item(): a host sync per token, as streaming text needs (sample.py's .tolist())
+            return [t.item() for t in model.generate(prompt, new_tokens, kv_cache=kv_cache, **kw)]
 
     def tok_s(new_tokens):
-        prompt = torch.zeros((1, 1), dtype=torch.long, device=args.device)
         sync(args.device)
         t0 = time.perf_counter()
-        with ctx:
-            for _ in model.generate(prompt, new_tokens, temperature=0.8, top_k=200, kv_cache=kv_cache):
-                pass
+        tokens(new_tokens, temperature=0.8, top_k=200)
         sync(args.device)
         return new_tokens / (time.perf_counter() - t0)
 
     if compiled:
         model.compile_decode()
     t0 = time.perf_counter()
-    tok_s(16)  # warm-up; compile_decode() compiles here
-    warm = f", compiled in {time.perf_counter() - t0:.0f} s" if compiled else ""
-    return (f"{tok_s(n):.0f} tok/s",
-            f"{shape_text(shape)}, batch 1, {n} new tokens, {dtype}{warm}")
+    tok_s(16)  # warm-up; compile_decode() compiles here, static_decode() captures its graph
+    warm = f", compiled in {time.perf_counter() - t0:.0f} s" if compiled else \
+        f", captured in {time.perf_counter() - t0:.1f} s" if static else ""
+    notes = f"{shape_text(shape)}, batch 1, {n} new tokens, {dtype}{warm}"
+    if static:  # greedy tokens vs the uncached path (random weights: near-ties come early in bf16)
+        same = next((i for i, (a, b) in enumerate(zip(tokens(64, temperature=0), tokens(64, False, temperature=0)))
+                     if a != b), 64)
+        notes += f", greedy = uncached for the first {same} of 64 tokens"
+    return f"{tok_s(n):.0f} tok/s", notes
 
 
 def compiled_generation(args):
@@ -250,7 +264,9 @@ def write_dataset(out, quick):
 ROWS = {  # key: (label, function of (args, results))
     "train_nanogpt": ("train, nanoGPT recipe", lambda a, r: train_ms(a, True, r)),
     "train": ("train, ours", lambda a, r: train_ms(a, False, r)),
-    "gen_cache": ("generate, KV cache", lambda a, r: generate_tok_s(a)),
+    "gen_graph": ("generate, weights cast + static_decode (sample.py on CUDA)",
+                  lambda a, r: generate_tok_s(a, static=True)),
+    "gen_cache": ("generate, KV cache, autocast", lambda a, r: generate_tok_s(a)),
     "gen_nocache": ("generate, kv_cache=False", lambda a, r: generate_tok_s(a, kv_cache=False)),
     "gen_compiled": ("generate, compile_decode()", lambda a, r: compiled_generation(a)),
     "torchrun": ("torchrun train.py, 40 iters", lambda a, r: run_row(

@@ -56,6 +56,12 @@ CANDIDATES = {
     "the config, lr 3e-3": ("bpe:4096", ["--learning_rate=3e-3", "--min_lr=3e-4"]),
     "the config, weight decay 0.5": ("bpe:4096", ["--weight_decay=0.5"]),
     "the config, block 256 batch 8": ("bpe:4096", ["--block_size=256", "--batch_size=8"]),
+    "the config, evals at the start and end only": ("bpe:4096", ["--eval_interval=100000"]),
+    "the config, min_lr 0": ("bpe:4096", ["--min_lr=0"]),
+    "the config, dailydialog 0.6": ("bpe:4096", ["--dataset=dailydialog_demo:0.6,chatterbot_demo:0.1,"
+                                                 "reddit_demo:0.1,webtext_demo:0.1,taskmaster_demo:0.1"]),
+    "the config, dropout 0.05": ("bpe:4096", ["--dropout=0.05"]),
+    "the config, warmup 0": ("bpe:4096", ["--warmup_iters=0"]),
 }
 
 

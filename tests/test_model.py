@@ -119,11 +119,15 @@ def test_cache_chunks_match_full_forward():
     assert_close_logits(torch.cat(parts, dim=1), full)
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static_decode"])
 @pytest.mark.parametrize("prompt_len,batch", [(5, 1), (5, 3), (20, 2)])
-def test_cached_greedy_equals_uncached_past_block_size(prompt_len, batch):
+def test_cached_greedy_equals_uncached_past_block_size(prompt_len, batch, static):
     """The same logits and tokens through the re-fills past block_size (every 8 tokens here), for
-    30 steps at least before a near-tie that another CPU's rounding could break either way."""
+    30 steps at least before a near-tie that another CPU's rounding could break either way; with
+    the cache sliced to its length, or whole and masked (static_decode, as CUDA graphs run it)."""
     model = tiny()
+    if static:
+        model.static_decode(graph=False)
     idx = torch.randint(0, 65, (batch, prompt_len))
     cached = generate_with_logits(model, idx, 50, temperature=0)
     uncached = generate_with_logits(model, idx, 50, temperature=0, kv_cache=False)
@@ -151,13 +155,16 @@ def sampling_steps(model, idx, n, generator, monkeypatch, follow=None, **kw):
     return tokens, steps
 
 
-def test_sampling_cached_equals_uncached_with_same_generator(monkeypatch):
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static_decode"])
+def test_sampling_cached_equals_uncached_with_same_generator(monkeypatch, static):
     """With the same generator both paths sample the same tokens, as far as float rounding lets
     them: down one token path (the cached run's, which the uncached run is made to follow) every
     draw gets the same logits to rounding, the same context and settings, and the generator in the
     same state. The tokens each path would draw itself are not compared: a draw that lands within
     rounding of the edge between two tokens may go either way on another CPU."""
     model = tiny()
+    if static:
+        model.static_decode(graph=False)
     idx = torch.randint(0, 65, (2, 4))
     kw = dict(temperature=0.8, top_k=20, top_p=0.95, repetition_penalty=1.2)
     tokens, cached = sampling_steps(model, idx, 40, torch.Generator().manual_seed(1), monkeypatch, **kw)
@@ -169,6 +176,40 @@ def test_sampling_cached_equals_uncached_with_same_generator(monkeypatch):
         assert torch.equal(b.pop("context"), a.pop("context")), step
         assert torch.equal(b.pop("generator"), a.pop("generator")), step
         assert b == a, step  # temperature, top_k, top_p, repetition_penalty
+
+
+def test_static_decode_keeps_its_step_for_the_same_shape():
+    """One DecodeStep (its cache, and on CUDA its captured graph) serves every generate() of one
+    batch size and dtype; another shape gets its own; each call starts from an empty cache."""
+    model = tiny()
+    model.static_decode(graph=False)
+    idx = torch.randint(0, 65, (3, 6))
+    first = run(model, idx[:1], 20, temperature=0)
+    step = model._decode_step
+    assert torch.equal(run(model, idx[:1], 20, temperature=0), first) and model._decode_step is step
+    both = run(model, idx[:2], 20, temperature=0)
+    assert model._decode_step is not step and model._decode_step.key[0] == 2
+    assert torch.equal(both, run(model, idx[:2], 20, temperature=0, kv_cache=False))
+    model.compile_decode()  # one decode path at a time
+    assert model._decode_step is None and model._decode_graph is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_decode_equals_eager(dtype):
+    """On a GPU, the replayed graph gives the eager static step's logits and tokens, and the
+    uncached path's greedy tokens while the margin is clear, past block_size too."""
+    model = tiny().cuda().to(dtype)
+    idx = torch.randint(0, 65, (2, 5), device="cuda")
+    uncached = generate_with_logits(model, idx, 50, temperature=0, kv_cache=False)
+    model.static_decode(graph=False)
+    eager = generate_with_logits(model, idx, 50, temperature=0)
+    model.static_decode(graph=True)
+    graph = generate_with_logits(model, idx, 50, temperature=0)
+    assert model._decode_step.graph is not None
+    assert torch.equal(graph[0], eager[0]) and torch.equal(graph[1], eager[1])
+    if dtype == torch.float32:
+        assert_same_greedy(uncached, graph, min_steps=30)
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy():
@@ -186,7 +227,11 @@ def test_cache_takes_the_compute_dtype():
     idx = torch.randint(0, 65, (2, 5))
     with torch.autocast("cpu", torch.bfloat16):
         assert run(tiny(), idx, 30, temperature=0).shape == (2, 30)
-    assert run(tiny().to(torch.bfloat16), idx, 30, temperature=0.8, top_k=10).shape == (2, 30)
+    model = tiny().to(torch.bfloat16)
+    assert run(model, idx, 30, temperature=0.8, top_k=10).shape == (2, 30)
+    model.static_decode(graph=False)
+    assert run(model, idx, 30, temperature=0.8, top_k=10).shape == (2, 30)
+    assert model._decode_step.cache.kv[0].dtype == torch.bfloat16
 
 
 def test_stop_early():
