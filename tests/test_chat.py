@@ -237,11 +237,16 @@ def test_download_retries_resumes_and_checks(tmp_path, server, monkeypatch):
 
 
 def test_dailydialog_download_path(tmp_path, server, monkeypatch):
-    """The no-argument path of data/dailydialog/prepare.py, served from 127.0.0.1."""
-    src = shared_file("dailydialog", "dialogues_validation.txt")
+    """The no-argument path of data/dailydialog/prepare.py, served from 127.0.0.1: the official zip's
+    train and validation splits (zips inside it), never its test split."""
+    lines = shared_file("dailydialog", "dialogues_validation.txt").read_bytes().splitlines(keepends=True)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("ijcnlp_dailydialog/dialogues_text.txt", src.read_bytes())
+        for split, part in (("train", lines[:600]), ("validation", lines[600:]), ("test", [b"Test . __eou__ Split . __eou__\n"])):
+            inner = io.BytesIO()
+            with zipfile.ZipFile(inner, "w") as member:
+                member.writestr(f"{split}/dialogues_{split}.txt", b"".join(part))
+            z.writestr(f"ijcnlp_dailydialog/{split}.zip", inner.getvalue())
     FlakyRangeServer.payload = buf.getvalue()
     spec = importlib.util.spec_from_file_location("dd_prepare", ROOT / "data/dailydialog/prepare.py")
     mod = importlib.util.module_from_spec(spec)
@@ -252,6 +257,7 @@ def test_dailydialog_download_path(tmp_path, server, monkeypatch):
     path = mod.fetch()
     dialogues = list(mod.read_dialogues([path], shards.Report()))
     assert len(dialogues) == 1000 and dialogues[0].turns[0] == "Good morning, sir. Is there a bank near here?"
+    assert not any(d.turns[0] == "Test." for d in dialogues)
 
 
 def quadratic_reply_prompt(tok, turns, context=None, max_tokens=None):
