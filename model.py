@@ -85,7 +85,7 @@ class DecodeStep:
                     self.forward()
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # the server's other threads
                 self.logits = self.forward()  # replays write their logits here
 
     def forward(self):

@@ -62,6 +62,10 @@ CANDIDATES = {
                                                  "reddit_demo:0.1,webtext_demo:0.1,taskmaster_demo:0.1"]),
     "the config, dropout 0.05": ("bpe:4096", ["--dropout=0.05"]),
     "the config, warmup 0": ("bpe:4096", ["--warmup_iters=0"]),
+    "the config, lr 3e-3, dropout 0.05": ("bpe:4096", ["--learning_rate=3e-3", "--min_lr=3e-4", "--dropout=0.05"]),
+    "the config, evals every 400 on 4 batches": ("bpe:4096", ["--eval_interval=400", "--eval_iters=4"]),
+    "the config, evals every 400 on 4 batches, dropout 0.05": ("bpe:4096", ["--eval_interval=400", "--eval_iters=4",
+                                                                           "--dropout=0.05"]),
 }
 
 
@@ -96,20 +100,23 @@ def train_and_score(name, prepared, args):
     log = run("train.py", "config/train_chat_demo.py", f"--dataset={mixture}", f"--out_dir={out_dir}",
               f"--max_minutes={args.minutes}", *([f"--dtype={args.dtype}"] if args.dtype else []),
               *overrides, *args.set, threads=1 if args.jobs > 1 else None)
-    iters = re.search(r"max_minutes [\d.]+: (\d+) iterations in all \((\d+) ms a step", log)
+    budget = re.search(r"max_minutes [\d.]+: (\d+) iterations in all \((\d+) ms a step", log)
+    last = re.findall(r"^iter (\d+): .*time ([\d.]+)ms", log, re.M)[-1]  # --minutes 0: a fixed --max_iters
+    iters = budget.groups() if budget else (last[0], f"{float(last[1]):.0f}")
     score = json.loads(run("eval.py", f"--out_dir={out_dir}", f"--dataset={folder / 'dailydialog_demo'}", "--json"))
-    row = (name, *iters.groups(), score["all"]["bits_per_byte"], score["B"]["bits_per_byte"], score["all"]["loss"])
+    row = (name, *iters, score["all"]["bits_per_byte"], score["B"]["bits_per_byte"], score["all"]["loss"])
     print(f"{name}: {row[1:]}", flush=True)
     return row
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=4.0)
+    p.add_argument("--minutes", type=float, default=4.0, help="0: train --set=--max_iters=N instead")
     p.add_argument("--dtype", help="train.py's dtype (default: the machine's)")
     p.add_argument("--jobs", type=int, default=1, help="candidates trained at once, one thread each")
     p.add_argument("--only", nargs="*", help="candidate names (default: all)")
-    p.add_argument("--set", nargs="*", default=[], help="extra train.py overrides for every candidate")
+    p.add_argument("--set", action="append", default=[],
+                   help="a train.py override for every candidate, repeatable: --set=--dropout=0")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         names = args.only or list(CANDIDATES)
