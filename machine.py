@@ -11,6 +11,7 @@ by reading the weights, and autocast re-casts them for every token (~2x slower t
 import ctypes
 import signal
 import sys
+import time
 
 import torch
 import torch.distributed
@@ -93,6 +94,36 @@ class StopRequest:
     def request(self, signum, frame):
         self.signal = signum
         signal.signal(signum, signal.SIG_DFL)
+
+
+class Budget:
+    """train.py's max_minutes of wall time. The iterations that fit are counted once, from the time
+    steps 15-45 and an eval took, so the schedule is fixed (and a resume keeps it), and every rank
+    gets rank 0's count. If the steps then get slower (a busy machine), over() says when the time
+    is up anyway, short of the schedule's end. A budget of 0 minutes does neither."""
+
+    def __init__(self, minutes, start_iter, device):
+        self.seconds, self.start_iter, self.device = minutes * 60, start_iter, device
+        self.t_start = time.time()
+        self.message = None
+
+    def plan(self, iter_num, eval_seconds, eval_interval):
+        """After each step: at start_iter + 45 the iterations in all, else None."""
+        if self.seconds and iter_num == self.start_iter + 15:
+            self.t_steps = time.time()  # the first steps are slower (memory grows, caches warm): not them
+        if not self.seconds or iter_num != self.start_iter + 45:
+            return None
+        step = (time.time() - self.t_steps) / 30
+        left = self.seconds - (time.time() - self.t_start) - eval_seconds
+        n = torch.tensor(iter_num + max(0, int(left / (step + eval_seconds / eval_interval))), device=self.device)
+        if torch.distributed.is_initialized():
+            torch.distributed.broadcast(n, 0)  # ranks whose clocks differ still stop at the same step
+        self.message = (f"max_minutes {self.seconds / 60:g}: {n.item()} iterations in all ({step * 1000:.0f} ms "
+                        f"a step, {eval_seconds:.1f} s an eval)")
+        return n.item()
+
+    def over(self):
+        return bool(self.seconds) and time.time() - self.t_start > self.seconds
 
 
 def keep_freed_memory():

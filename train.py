@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import chat
 import checkpoint
-from machine import StopRequest, autocast, choose, join_torchrun, peak_flops, tune_process
+from machine import Budget, StopRequest, autocast, choose, join_torchrun, peak_flops, tune_process
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -80,8 +80,8 @@ fsdp = False
 muon = False
 learning_rate = 1e-3
 max_iters = 2000  # optimizer steps in all
-# > 0: train for this many minutes of wall time instead. max_iters and lr_decay_iters are then set once,
-# after 45 steps, from the time an eval and a step take; the log says so, and a resume keeps them
+# > 0: train this many minutes of wall time instead: max_iters and lr_decay_iters are set once, after 45
+# steps, from a step's and an eval's time (logged, kept by a resume); slower steps later stop at the time
 max_minutes = 0.0
 weight_decay = 0.1
 beta1 = 0.9
@@ -119,7 +119,7 @@ if train_on not in ('all', 'B', 'replies'):
     sys.exit(f"train_on must be 'all', 'B' or 'replies', not {train_on!r}")
 if fsdp and ('RANK' not in os.environ or dtype == 'float16' or muon):
     sys.exit("fsdp shards over the ranks of a torchrun launch (--nproc_per_node=1 is one), in bfloat16 or float32, with AdamW")
-# tests only, never a setting: 'kill:K' SIGKILL after iter K, 'term:K' SIGTERM to rank 0, 'nan:K' NaN loss at K
+# tests only: 'kill:K' SIGKILL after iter K, 'term:K' SIGTERM rank 0, 'nan:K' NaN loss at K, 'slow:K' sleep max_minutes
 faults = {kind: int(k) for kind, k in (f.split(':') for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f)}
 # -----------------------------------------------------------------------------
 
@@ -344,9 +344,9 @@ run_log = checkpoint.open_log(out_dir, iter_num if resume else 0) if master else
 tok = chat.load_tokenizer(meta) if eval_sample else None
 flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
 peak = peak_flops(device, dtype)  # None where no true peak is known (CPUs): no MFU then
-start_iter, nan_steps, skipped = iter_num, 0, 0
-t_last, steps_timed = time.time(), 0
-t_start, iter_start = t_last, iter_num  # the ETA uses the run's mean step time: single intervals are noisy
+start_iter, nan_steps, skipped, steps_timed, eval_seconds = iter_num, 0, 0, 0, 0.0
+t_start = t_last = time.time()  # the ETA uses the run's mean step time (from t_start): single intervals are noisy
+budget = Budget(max_minutes if budget_pending else 0, iter_num, device)  # a resume keeps the schedule it fixed
 while True:
     lr = get_lr(iter_num - schedule_from)
     for group in optimizer.param_groups:
@@ -399,10 +399,11 @@ while True:
             scaler.scale(loss * world_size / n_trained).backward()  # x world_size undoes that average
         loss_sum += loss.detach()
     # one all-reduce agrees on the step's loss (a NaN on any rank makes it NaN on all) and on stopping
-    stats = torch.stack((loss_sum / n_trained, torch.tensor(float(stop.signal), device=device)))
+    flags = torch.tensor([stop.signal, master and budget.over()], dtype=torch.float32, device=device)
+    stats = torch.cat(((loss_sum / n_trained)[None], flags))
     if ddp:
         dist.all_reduce(stats)
-    lossf, stopping = stats.tolist()
+    lossf, stopping, out_of_time = stats.tolist()
     if math.isfinite(lossf):
         if grad_clip:
             scaler.unscale_(optimizer)
@@ -419,21 +420,18 @@ while True:
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
     steps_timed += 1
-    if budget_pending and iter_num == start_iter + 15:
-        t_steps = time.time()  # the first steps are slower (memory grows, caches warm): time the next 30
-    if budget_pending and iter_num == start_iter + 45:  # max_minutes: the steps and evals that fit
-        step_seconds = (time.time() - t_steps) / 30
-        steps = (max_minutes * 60 - (time.time() - t_start) - eval_seconds) / (step_seconds + eval_seconds / eval_interval)
-        max_iters = lr_decay_iters = config['max_iters'] = config['lr_decay_iters'] = iter_num + max(0, int(steps))
-        budget_pending = False
-        log(f"max_minutes {max_minutes}: {max_iters} iterations in all ({step_seconds * 1000:.0f} ms a step, "
-            f"{eval_seconds:.1f} s an eval)")
+    if planned := budget.plan(iter_num, eval_seconds, eval_interval):  # max_minutes: the steps that fit
+        max_iters = lr_decay_iters = config['max_iters'] = config['lr_decay_iters'] = planned
+        log(budget.message)
+    if out_of_time and iter_num < max_iters:  # the steps got slower than when they were timed
+        log(f"max_minutes {max_minutes}: the time is up at iter {iter_num} of {max_iters} (a resume goes on to the end)")
+        max_iters = iter_num  # the last eval and checkpoint now; the checkpoint's config keeps the schedule
 
     if iter_num % log_interval == 0 or iter_num == max_iters:
         dt = (time.time() - t_last) / steps_timed
         t_last, steps_timed = time.time(), 0
         mfu = flops_per_iter / dt / (peak * world_size) if peak else None
-        eta = (max_iters - iter_num) * (time.time() - t_start) / (iter_num - iter_start)
+        eta = (max_iters - iter_num) * (time.time() - t_start) / (iter_num - start_iter)
         log(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.1f}ms, tok/s {tokens_per_iter / dt:.0f}, "
             f"mfu {f'{mfu * 100:.1f}%' if mfu else 'n/a'}, eta {duration(eta)}")
         record(loss=lossf, lr=lr, ms=round(dt * 1000, 2), **{'tok/s': tokens_per_iter / dt},
@@ -442,6 +440,8 @@ while True:
         save_checkpoint(False)
         finish(128 + (stop.signal or signal.SIGTERM),
                f"stopped by a signal at iter {iter_num}; rerun with --init_from=auto (or resume) to continue")
+    if faults.get('slow') == iter_num:
+        time.sleep(max_minutes * 60)
     if faults.get('kill') == iter_num:
         os.kill(os.getpid(), signal.SIGKILL)
     if faults.get('term') == iter_num and master:

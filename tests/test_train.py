@@ -49,7 +49,7 @@ def write_tiny_dataset(data_dir, seed=0, words_a=(2, 6), words_b=(2, 6), alphabe
 
 def train(data_dir, out_dir, *args, nproc=0, env=None, check=True, fault=""):
     """Run train.py: in this process's python, or with torchrun over nproc processes. fault is
-    train.py's fault injection (NANOTALK_FAULT): 'kill:K', 'term:K', 'nan:K', comma-separated."""
+    train.py's fault injection (NANOTALK_FAULT): 'kill:K', 'term:K', 'nan:K', 'slow:K', comma-separated."""
     launcher = [sys.executable]
     if nproc:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
@@ -451,6 +451,23 @@ def test_max_minutes_fixes_the_schedule_once_and_resume_keeps_it(runs, tmp_path)
     assert not log_lines(p.stdout, "max_minutes") and log_lines(p.stdout, "iter ")[-1].startswith(f"iter {n}: ")
     train(tmp, tmp_path / "fixed", f"--max_iters={n}", f"--lr_decay_iters={n}", "--warmup_iters=45", "--eval_interval=100")
     assert_same_weights(load(tmp_path / "fixed" / "ckpt.pt"), load(tmp_path / "budget" / "ckpt.pt"))
+
+
+@pytest.mark.parametrize("nproc", [0, 2])
+def test_max_minutes_stops_when_the_time_is_up(runs, tmp_path, nproc):
+    """Steps that get slower after they were timed (a busy machine; here a sleep after iter 50) do not
+    overrun the budget: the next step is the last, with an eval and a checkpoint whose config keeps
+    the schedule (a resume goes on to its end). Under torchrun every rank takes rank 0's count and
+    stops with it."""
+    tmp, _ = runs
+    p = train(tmp, tmp_path / "slow", "--max_minutes=0.1", "--warmup_iters=45", "--eval_interval=100",
+              fault="slow:50", nproc=nproc)
+    planned, late = log_lines(p.stdout, "max_minutes 0.1: ")
+    n = int(planned.split()[2])
+    assert n > 51 and late == f"max_minutes 0.1: the time is up at iter 51 of {n} (a resume goes on to the end)"
+    ckpt = load(tmp_path / "slow" / "ckpt.pt")
+    assert ckpt["iter_num"] == 51 and ckpt["config"]["max_iters"] == ckpt["config"]["lr_decay_iters"] == n
+    assert log_lines(p.stdout, "step 51: ")
 
 
 def test_plot_draws_the_log(runs, tmp_path):
