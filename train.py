@@ -424,7 +424,7 @@ while True:
         max_iters = lr_decay_iters = config['max_iters'] = config['lr_decay_iters'] = planned
         log(budget.message)
     if out_of_time and iter_num < max_iters:  # the steps got slower than when they were timed
-        log(f"max_minutes {max_minutes}: the time is up at iter {iter_num} of {max_iters} (a resume goes on to the end)")
+        log(f"max_minutes {max_minutes:g}: the time is up at iter {iter_num} of {max_iters} (a resume goes on to the end)")
         max_iters = iter_num  # the last eval and checkpoint now; the checkpoint's config keeps the schedule
 
     if iter_num % log_interval == 0 or iter_num == max_iters:
