@@ -54,6 +54,7 @@ CANDIDATES = {
     "the config, dropout 0.2": ("bpe:4096", ["--dropout=0.2"]),
     "the config, dropout 0": ("bpe:4096", ["--dropout=0.0"]),
     "the config, lr 3e-3": ("bpe:4096", ["--learning_rate=3e-3", "--min_lr=3e-4"]),
+    "the config, lr 5e-3": ("bpe:4096", ["--learning_rate=5e-3", "--min_lr=5e-4"]),
     "the config, weight decay 0.5": ("bpe:4096", ["--weight_decay=0.5"]),
     "the config, block 256 batch 8": ("bpe:4096", ["--block_size=256", "--batch_size=8"]),
     "the config, evals at the start and end only": ("bpe:4096", ["--eval_interval=100000"]),
