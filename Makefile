@@ -11,7 +11,8 @@ export TIKTOKEN_CACHE_DIR ?= $(SHARED)/tiktoken_cache
 endif
 DEMO_DATA ?= $(wildcard $(SHARED)/data/dailydialog/dialogues_validation.txt)
 # Beside ../shared the demo's 1,000 DailyDialog dialogues are mixed with other short dialogues and web
-# text in its BPE (config/train_chat_demo.py); else its official train + validation splits (not test) are downloaded and trained on alone.
+# text in its BPE (config/train_chat_demo.py); else its official train + validation splits (not test)
+# are downloaded and trained on alone.
 DEMO_EXTRAS := $(if $(wildcard $(SHARED)/data/webtext),yes)
 DTYPE ?=
 

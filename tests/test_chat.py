@@ -242,7 +242,8 @@ def test_dailydialog_download_path(tmp_path, server, monkeypatch):
     lines = shared_file("dailydialog", "dialogues_validation.txt").read_bytes().splitlines(keepends=True)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        for split, part in (("train", lines[:600]), ("validation", lines[600:]), ("test", [b"Test . __eou__ Split . __eou__\n"])):
+        test = [b"Test . __eou__ Split . __eou__\n"]
+        for split, part in (("train", lines[:600]), ("validation", lines[600:]), ("test", test)):
             inner = io.BytesIO()
             with zipfile.ZipFile(inner, "w") as member:
                 member.writestr(f"{split}/dialogues_{split}.txt", b"".join(part))

@@ -6,8 +6,9 @@ DailyDialog (13,118 two-person chit-chat dialogues, CC BY-NC-SA 4.0) -> A:/B: di
     python data/dailydialog/prepare.py --tokenizer bpe:8192 --out_dir data/dailydialog_demo
 
 Downloaded, the official test split (1,000 dialogues) is left out, so that scores on it stay honest;
-our own val split is then a seeded hash pick among the rest. Input: one dialogue per line, turns separated by '__eou__', words space-tokenized ("Hi , how
-are you ?"); the spaces before punctuation are undone here.
+our own val split is then a seeded hash pick among the rest. Input: one dialogue per line, turns
+separated by '__eou__', words space-tokenized ("Hi , how are you ?"); the spaces before punctuation
+are undone here.
 """
 import io
 import os
