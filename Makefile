@@ -18,13 +18,7 @@ DTYPE ?=
 
 .PHONY: demo test
 demo: $(VENV)/.installed
-	$(PY) data/dailydialog/prepare.py $(DEMO_DATA) --tokenizer bpe:4096 --out_dir data/dailydialog_demo
-ifdef DEMO_EXTRAS
-	$(PY) data/chatterbot/prepare.py $(SHARED)/data/chatterbot_corpus/english --tokenizer data/dailydialog_demo --out_dir data/chatterbot_demo
-	$(PY) data/reddit/prepare.py $(wildcard $(SHARED)/data/reddit/RC_2005-12.zst $(SHARED)/data/reddit/thread_*.jsonl) --tokenizer data/dailydialog_demo --out_dir data/reddit_demo
-	$(PY) data/webtext/prepare.py $(wildcard $(SHARED)/data/webtext/*.jsonl) --tokenizer data/dailydialog_demo --out_dir data/webtext_demo
-	$(PY) data/jsonl/prepare.py $(SHARED)/data/taskmaster4/TM-4-2024_data_00.json --tokenizer data/dailydialog_demo --out_dir data/taskmaster_demo
-endif
+	$(PY) data/demo/prepare.py $(DEMO_DATA)
 	$(PY) train.py config/train_chat_demo.py $(if $(DEMO_EXTRAS),,--dataset=dailydialog_demo) $(if $(DTYPE),--dtype=$(DTYPE))
 	$(PY) eval.py --out_dir=out-chat-demo
 	$(PY) plot.py out-chat-demo

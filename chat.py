@@ -28,12 +28,18 @@ SEPARATOR = "\n\n\n"       # ends every turn, the last one included
 FORMAT_VERSION = 1
 
 # role byte, one per token: low 4 bits = speaker (0 none: eot, context, plain text; 1 = A; 2 = B)
+ROLE_SPEAKER = 15
 ROLE_FIRST_TURN = 16       # token belongs to the dialogue's first turn
 ROLE_CONTEXT = 32          # token belongs to the context block
 
 
 def speaker_role(turn_index):
     return turn_index % len(LABELS) + 1
+
+
+def speaker_masks(roles):
+    """{'A': A's tokens, 'B': B's} as bool arrays (numpy or torch): the per-role scores."""
+    return {label: (roles & ROLE_SPEAKER) == speaker_role(i) for i, label in enumerate(LABELS)}
 
 
 @dataclass
@@ -153,7 +159,7 @@ def trained_targets(train_on, targets, roles, eot):
     (roles 0, a pretraining set in a mixture) is learnt whatever train_on says."""
     if train_on == "all":
         return roles == roles
-    speaker = roles & 15
+    speaker = roles & ROLE_SPEAKER
     plain = (roles == 0) & (targets != eot)
     if train_on == "B":
         return plain | (speaker == 2)

@@ -60,7 +60,7 @@ def score(model, tokens, roles, token_bytes, block_size, batch_size, ctx, device
         ids = y.flatten().numpy()[valid]
         losses, nbytes = losses[valid], token_bytes[ids]
         r = np.concatenate([roles[s + 1:s + block_size + 1] for s in starts[b:b + batch_size]])
-        masks = {'all': r == r, 'A': (r & 15) == 1, 'B': (r & 15) == 2, 'context': (r & chat.ROLE_CONTEXT) > 0}
+        masks = {'all': r == r, **chat.speaker_masks(r), 'context': (r & chat.ROLE_CONTEXT) > 0}
         for group, mask in masks.items():
             sums[group] += (losses[mask].sum(), mask.sum(), nbytes[mask].sum())
     return sums, time.time() - t0

@@ -272,7 +272,7 @@ def estimate_loss(model):
                 continue  # a forward only to match the other ranks' count: FSDP's need all of them
             losses = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction='none').view_as(y)
             trained = chat.trained_targets(train_on, y, roles, eot)
-            for i, mask in enumerate((trained, (roles & 15) == 1, (roles & 15) == 2)):
+            for i, mask in enumerate((trained, *chat.speaker_masks(roles).values())):
                 acc[2 * i:2 * i + 2] += torch.stack((torch.where(mask, losses, 0.0).sum(), mask.sum()))
         if ddp:
             dist.all_reduce(acc)

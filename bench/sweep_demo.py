@@ -23,14 +23,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DIALOGUES = SHARED / "data" / "dailydialog" / "dialogues_validation.txt"
-# the other datasets of the demo's mixture (config/train_chat_demo.py), as the Makefile prepares them
-EXTRAS = {
-    "chatterbot_demo": ("data/chatterbot/prepare.py", [SHARED / "data/chatterbot_corpus/english"]),
-    "reddit_demo": ("data/reddit/prepare.py", [SHARED / "data/reddit/RC_2005-12.zst",
-                                               *sorted((SHARED / "data/reddit").glob("thread_*.jsonl"))]),
-    "webtext_demo": ("data/webtext/prepare.py", sorted((SHARED / "data/webtext").glob("*.jsonl"))),
-    "taskmaster_demo": ("data/jsonl/prepare.py", [SHARED / "data/taskmaster4/TM-4-2024_data_00.json"]),
-}
 ADAMW_DD = ["--muon=False", "--dataset=dailydialog_demo"]  # the older candidates: AdamW on DailyDialog alone
 
 # name: (tokenizer, train.py overrides); a --dataset override names the datasets as the config does
@@ -83,10 +75,7 @@ def run(*cmd, threads=None):
 def prepare(tokenizer, folder):
     """DailyDialog (a tenth held out: the split prepare makes by seeded hash) in tokenizer, then the
     mixture's other datasets in the same ids -> the config's dataset setting with these folders."""
-    run("data/dailydialog/prepare.py", DIALOGUES, f"--tokenizer={tokenizer}", "--val_fraction=0.1",
-        f"--out_dir={folder / 'dailydialog_demo'}")
-    for name, (script, inputs) in EXTRAS.items():
-        run(script, *inputs, f"--tokenizer={folder / 'dailydialog_demo'}", f"--out_dir={folder / name}")
+    run("data/demo/prepare.py", DIALOGUES, f"--tokenizer={tokenizer}", "--val_fraction=0.1", f"--root={folder}")
     config = {}
     exec((ROOT / "config" / "train_chat_demo.py").read_text(), config)
     return folder, ",".join(str(folder / part) for part in config["dataset"].split(","))

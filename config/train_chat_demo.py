@@ -1,8 +1,7 @@
 # The CPU demo (make demo): a small chat model on DailyDialog in a few minutes of any 2-core CPU.
-#   python data/dailydialog/prepare.py --tokenizer bpe:4096 --out_dir data/dailydialog_demo
-#   (add ../shared/data/dailydialog/dialogues_validation.txt to use the 1,000-dialogue sample offline)
-#   then the other datasets of the mixture below in that BPE (--tokenizer data/dailydialog_demo; the
-#   Makefile has the commands), or train on DailyDialog alone with --dataset=dailydialog_demo
+#   python data/demo/prepare.py ../shared/data/dailydialog/dialogues_validation.txt
+#   (DailyDialog in a BPE of its own, then the mixture's other datasets below in it; with no file it
+#   downloads DailyDialog, and without ../shared train on it alone: --dataset=dailydialog_demo)
 #   python train.py config/train_chat_demo.py
 #   python sample.py --out_dir=out-chat-demo --interactive
 out_dir = 'out-chat-demo'

@@ -365,3 +365,24 @@ def test_userchat_warns_where_an_endoftext_seems_missing(tmp_path, capsys):
     assert report.counts == {"warnings: over 100 turns in one dialogue": 1, "warnings: the opening label twice in a row": 1,
                              "dropped: model turns before the first user turn": 1}
     assert [len(d.turns) for d in got] == [100, 20, 3]
+
+
+def test_demo_prepare_writes_the_mixture_in_dailydialogs_bpe(tmp_path):
+    """data/demo/prepare.py (make demo's data): every part of the demo config's mixture, in the BPE
+    trained on DailyDialog, with DailyDialog's options (here its val share) passed through."""
+    dialogues = shared_file("dailydialog", "dialogues_validation.txt")
+    for part in ("chatterbot_corpus", "reddit", "webtext", "taskmaster4"):
+        shared_file(part)
+    subprocess.run([sys.executable, str(ROOT / "data" / "demo" / "prepare.py"), str(dialogues), "--tokenizer=bpe:512",
+                    "--val_fraction=0.2", f"--root={tmp_path}"], check=True, capture_output=True)
+    config = {}
+    exec((ROOT / "config" / "train_chat_demo.py").read_text(), config)
+    names = [part.split(":")[0] for part in config["dataset"].split(",")]
+    vocab = chat.load_meta(tmp_path / "dailydialog_demo")
+    assert vocab["vocab_size"] == 512
+    for name in names:
+        meta = chat.load_meta(tmp_path / name)
+        assert chat.tokenizer_key(meta["tokenizer"]) == chat.tokenizer_key(vocab["tokenizer"]), name
+        assert len(chat.open_split(tmp_path / name, "train", meta)[0]) > 1000, name
+    val = len(chat.open_split(tmp_path / "dailydialog_demo", "val", vocab)[0])
+    assert 0.1 < val / (val + len(chat.open_split(tmp_path / "dailydialog_demo", "train", vocab)[0])) < 0.3
