@@ -96,6 +96,12 @@ class StopRequest:
         signal.signal(signum, signal.SIG_DFL)
 
 
+def duration(seconds):
+    """4m09s, or 1h05m past an hour: train.py's ETA."""
+    s = int(seconds)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
 class Budget:
     """train.py's max_minutes of wall time. The iterations that fit are counted once, from the time
     steps 15-45 and an eval took, so the schedule is fixed (and a resume keeps it), and every rank

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import chat
 import checkpoint
-from machine import Budget, StopRequest, autocast, choose, join_torchrun, peak_flops, tune_process
+from machine import Budget, StopRequest, autocast, choose, duration, join_torchrun, peak_flops, tune_process
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -93,6 +93,7 @@ decay_lr = True
 warmup_iters = 100
 lr_decay_iters = 2000  # usually = max_iters
 min_lr = 1e-4  # usually learning_rate / 10
+lr_warmdown = 0.0  # > 0: instead of the cosine, hold learning_rate, then fall linearly to min_lr over this last share
 # iteration the schedule counts from; None: the resumed checkpoint's (0 for a new run). Give the
 # resumed iteration to restart the schedule (new data): a rerun of that command never restarts it twice
 schedule_start = None
@@ -115,6 +116,8 @@ except ValueError as e:
 for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters', 'max_nan_steps'):
     if globals()[k] < 1:
         sys.exit(f"{k} must be at least 1, not {globals()[k]}")
+if not 0 <= lr_warmdown <= 1:
+    sys.exit(f"lr_warmdown is a share of the steps after warmup, in [0, 1], not {lr_warmdown}")
 if train_on not in ('all', 'B', 'replies'):
     sys.exit(f"train_on must be 'all', 'B' or 'replies', not {train_on!r}")
 if fsdp and ('RANK' not in os.environ or dtype == 'float16' or muon):
@@ -252,6 +255,8 @@ def get_lr(it):
     if it >= lr_decay_iters:
         return min_lr
     progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    if lr_warmdown:  # warmup-stable-decay: the longer at the peak, the further it gets
+        return min_lr + min(1.0, (1 - progress) / lr_warmdown) * (learning_rate - min_lr)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
@@ -328,11 +333,6 @@ def record(**values):
         print(json.dumps(values), file=run_log, flush=True)
         if wandb_log:
             wandb.log(values)
-
-
-def duration(seconds):
-    s = int(seconds)
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 stop = StopRequest()  # SIGTERM (preemption; torchrun passes it on) or Ctrl-C: save at the end of the step, exit

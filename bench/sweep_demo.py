@@ -59,6 +59,11 @@ CANDIDATES = {
     "the config, evals every 400 on 4 batches": ("bpe:4096", ["--eval_interval=400", "--eval_iters=4"]),
     "the config, evals every 400 on 4 batches, dropout 0.05": ("bpe:4096", ["--eval_interval=400", "--eval_iters=4",
                                                                            "--dropout=0.05"]),
+    "the config, the cosine to 4e-4 (before lr_warmdown)": ("bpe:4096", ["--lr_warmdown=0", "--min_lr=4e-4"]),
+    "the config, lr_warmdown 0.2": ("bpe:4096", ["--lr_warmdown=0.2"]),
+    "the config, lr_warmdown 0.3": ("bpe:4096", ["--lr_warmdown=0.3"]),
+    "the config, lr_warmdown 0.5": ("bpe:4096", ["--lr_warmdown=0.5"]),
+    "the config, lr_warmdown 0.3 to 4e-4": ("bpe:4096", ["--lr_warmdown=0.3", "--min_lr=4e-4"]),
 }
 
 

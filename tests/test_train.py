@@ -341,6 +341,17 @@ def test_finetune_then_resume_on_grown_mixed_data_with_the_schedule_restarted(ru
     assert ckpt["schedule_start"] == 2
 
 
+def test_lr_warmdown_holds_the_peak_then_falls_linearly(runs, tmp_path):
+    data, _ = runs
+    train(data, tmp_path / "out", "--max_iters=12", "--lr_decay_iters=12", "--learning_rate=1e-2", "--min_lr=1e-3",
+          "--lr_warmdown=0.5", "--eval_interval=100")
+    lines = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    lrs = [line["lr"] for line in lines if "lr" in line]  # the lr of each step: iters 0..11
+    # 2 warmup steps, then 10 to the end: at the peak for the first half, then straight down to min_lr
+    expected = [1e-2 / 3, 2e-2 / 3] + [1e-2] * 6 + [1e-3 + 9e-3 * (1 - p / 10) / 0.5 for p in range(6, 10)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+
+
 def test_errors_name_the_problem(runs, tmp_path):
     tmp, _ = runs
     other = write_tiny_dataset(tmp_path / "other", alphabet=ALPHABET + ".")
@@ -353,6 +364,8 @@ def test_errors_name_the_problem(runs, tmp_path):
     p = train(tmp, tmp_path / "bad", "--init_from=auto", check=False)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert f"could not load checkpoint {tmp_path / 'bad' / 'ckpt.pt'}" in p.stderr
+    p = train(tmp, tmp_path / "out", "--lr_warmdown=1.5", check=False)
+    assert p.returncode != 0 and "lr_warmdown is a share" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_accumulation_must_divide_by_world_size(runs):
