@@ -1,8 +1,8 @@
 """
 The chat server of `python sample.py --serve=PORT`: the chat page (chat.html) at /, an
 OpenAI-compatible API (POST /v1/chat/completions, streamed or not, and GET /v1/models) and the
-plain POST /chat. Every connection gets its own thread and a read timeout, so a slow or silent
-client holds up nobody but itself; the model answers one request at a time, on one worker thread,
+plain POST /chat. Every connection gets its own thread (up to max_connections, then 503) and a read
+timeout, so a slow or silent client holds up nobody but itself; the model answers one request at a time, on one worker thread,
 behind a bounded queue (503 when it is full). The model side is sample.py's, handed in as a Model:
 the prompt (chat.reply_prompt, as --interactive builds it), the sampling check and chat.Reply.
 """
@@ -25,6 +25,7 @@ MAX_BODY = 1 << 20   # bytes in a request body; a bigger one gets 413
 MAX_TURNS = 50_000   # turns in a history (a 400 KB history of short turns fits; trimming it is linear)
 ROLES = ('system', 'user', 'assistant')  # the context block, A's turns, B's turns
 MAX_STOP = 4         # stop strings in a request, as OpenAI allows
+LOOPBACK = ('127.0.0.1', 'localhost', '::1')
 
 
 @dataclass
@@ -179,11 +180,32 @@ class ChatServer(ThreadingHTTPServer):
     daemon_threads = True  # a stalled connection never keeps the process alive
     request_queue_size = 64  # connections the OS holds until accepted (with socketserver's 5 a burst waits for retries)
 
-    def __init__(self, address, model, api_key='', queue_size=8, read_timeout=10.0):
+    def __init__(self, address, model, api_key='', queue_size=8, read_timeout=10.0, max_connections=64):
         super().__init__(address, Handler)
         self.model, self.api_key, self.read_timeout = model, api_key, read_timeout
+        self.connections = threading.BoundedSemaphore(max_connections)  # a thread each: a flood gets 503s
+        # listening on loopback, only a loopback Host is served: a web page whose name was rebound
+        # to 127.0.0.1 (DNS rebinding) must not reach the model or its API from the user's browser
+        self.hosts = {'127.0.0.1', 'localhost', '[::1]'} if address[0] in LOOPBACK else None
         self.jobs = queue.Queue(queue_size)  # the requests waiting for the model
         threading.Thread(target=self.work, name='generation', daemon=True).start()
+
+    def process_request(self, request, client_address):
+        if not self.connections.acquire(blocking=False):  # refused on the accepting thread, in a line
+            try:
+                request.settimeout(1)
+                request.sendall(b'HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n')
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
 
     def work(self):
         """The worker thread: the model answers the queued requests one at a time."""
@@ -227,6 +249,10 @@ class Handler(BaseHTTPRequestHandler):
         refuses, or a bug, gets an error status and a line saying why."""
         try:
             route = routes.get(self.path.split('?')[0])
+            host = self.headers.get('Host') or ''
+            name = host[:host.rindex(':')] if ':' in host and not host.endswith(']') else host  # less the port
+            if self.server.hosts and host and name not in self.server.hosts:
+                raise Refusal(403, f"Host {host!r} is not this server's: it serves 127.0.0.1 / localhost only")
             if route is None:
                 raise Refusal(404, f"no {self.command} {self.path} here: the chat page is GET /, the API "
                                    "POST /v1/chat/completions, GET /v1/models and POST /chat")

@@ -162,8 +162,8 @@ def test_idle_connections_stall_nobody(overfit, served):
     waits for them on their own threads) while 8 clients chat; all 8 get their answer."""
     idle = socket.create_connection(address(served.url))
     silent = socket.create_connection(address(served.url))
-    silent.sendall(b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
-    negative = raw_exchange(address(served.url), b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+    silent.sendall(b"POST /chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{")
+    negative = raw_exchange(address(served.url), b"POST /chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n")
     assert negative.startswith(b"HTTP/1.0 400") and b"Content-Length" in negative
     try:
         with ThreadPoolExecutor(8) as pool:
@@ -214,7 +214,7 @@ def test_bad_requests_get_a_400_naming_the_field(served, path, body, says):
 
 
 def test_big_unsized_and_misdirected_requests(served):
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
     big = raw_exchange(address(served.url), head + f"Content-Length: {server.MAX_BODY + 1}\r\n\r\n".encode())
     assert big.startswith(b"HTTP/1.0 413") and b"at most 1048576" in big  # answered before the body is read
     assert raw_exchange(address(served.url), head + b"\r\n").startswith(b"HTTP/1.0 411")
@@ -292,6 +292,29 @@ def test_silent_clients_time_out(start_server):
         assert connection.recv(1) == b""  # the server hung up on it
         connection.close()
     assert post(url + "/chat", {"turns": ["hi"]}) == (200, {"reply": "one two"})
+
+
+def test_connections_over_the_cap_get_503_and_the_rest_are_served(start_server):
+    s, url = start_server(max_connections=2)
+    held = [socket.create_connection(address(url), timeout=30) for _ in range(2)]  # silent: each holds a thread
+    try:
+        until(lambda: s.connections._value == 0, "both connections hold a thread")
+        assert raw_exchange(address(url), b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").startswith(b"HTTP/1.0 503")
+    finally:
+        for connection in held:
+            connection.close()
+    until(lambda: s.connections._value == 2, "the closed connections free their threads")
+    assert post(url + "/chat", {"turns": ["hi"]}) == (200, {"reply": "one two"})
+
+
+def test_only_a_loopback_host_is_served_on_loopback(start_server):
+    s, url = start_server()
+    port = s.server_port
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+        assert request(url + "/chat", {"turns": ["hi"]}, {"Host": host})[0] == 200, host
+    for host in (f"evil.example:{port}", "evil.example", "127.0.0.1.evil.example"):  # DNS rebinding's names
+        status, body, _ = request(url + "/chat", {"turns": ["hi"]}, {"Host": host})
+        assert status == 403 and "is not this server's" in body["error"], host
 
 
 def test_api_key(start_server):
