@@ -64,6 +64,13 @@ CANDIDATES = {
     "the config, lr_warmdown 0.3": ("bpe:4096", ["--lr_warmdown=0.3"]),
     "the config, lr_warmdown 0.5": ("bpe:4096", ["--lr_warmdown=0.5"]),
     "the config, lr_warmdown 0.3 to 4e-4": ("bpe:4096", ["--lr_warmdown=0.3", "--min_lr=4e-4"]),
+    "the config, dropout 0.15 (lr_warmdown)": ("bpe:4096", ["--dropout=0.15"]),
+    "the config, dropout 0.2 (lr_warmdown)": ("bpe:4096", ["--dropout=0.2"]),
+    "the config, dropout 0.125": ("bpe:4096", ["--dropout=0.125"]),
+    "the config, no taskmaster": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.1,reddit_demo:0.1,"
+                                               "webtext_demo:0.1"]),
+    "the config, taskmaster 0.025": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.0917,"
+                                                  "reddit_demo:0.0917,webtext_demo:0.0917,taskmaster_demo:0.025"]),
 }
 
 
