@@ -3,8 +3,9 @@ The chat server of `python sample.py --serve=PORT`: the chat page (chat.html) at
 OpenAI-compatible API (POST /v1/chat/completions, streamed or not, and GET /v1/models) and the
 plain POST /chat. Every connection gets its own thread (up to max_connections, then 503) and a read
 timeout, so a slow or silent client holds up nobody but itself; the model answers one request at a
-time, on one worker thread, behind a bounded queue (503 when it is full). The model side is sample.py's, handed in as a Model:
-the prompt (chat.reply_prompt, as --interactive builds it), the sampling check and chat.Reply.
+time, on one worker thread, behind a bounded queue (503 when it is full). The model side is
+sample.py's, handed in as a Model: the prompt (chat.reply_prompt, as --interactive builds it), the
+sampling check and chat.Reply.
 """
 import hmac
 import json
