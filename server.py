@@ -26,7 +26,7 @@ MAX_BODY = 1 << 20   # bytes in a request body; a bigger one gets 413
 MAX_TURNS = 50_000   # turns in a history (a 400 KB history of short turns fits; trimming it is linear)
 ROLES = ('system', 'user', 'assistant')  # the context block, A's turns, B's turns
 MAX_STOP = 4         # stop strings in a request, as OpenAI allows
-LOOPBACK = ('127.0.0.1', 'localhost', '::1')
+LOOPBACK = ('127.0.0.1', 'localhost', '::1')  # addresses only this machine reaches
 
 
 @dataclass
@@ -187,7 +187,7 @@ class ChatServer(ThreadingHTTPServer):
         self.connections = threading.BoundedSemaphore(max_connections)  # a thread each: a flood gets 503s
         # listening on loopback, only a loopback Host is served: a web page whose name was rebound
         # to 127.0.0.1 (DNS rebinding) must not reach the model or its API from the user's browser
-        self.hosts = {'127.0.0.1', 'localhost', '[::1]'} if address[0] in LOOPBACK else None
+        self.hosts = {f'[{h}]' if ':' in h else h for h in LOOPBACK} if address[0] in LOOPBACK else None
         self.jobs = queue.Queue(queue_size)  # the requests waiting for the model
         threading.Thread(target=self.work, name='generation', daemon=True).start()
 
@@ -385,7 +385,7 @@ def run(model, host, port, **options):
     server = ChatServer((host, port), model, **options)
     url = f"http://{host}:{server.server_port}"
     print(f"serving the chat page on {url}/, the OpenAI API on {url}/v1 and POST {url}/chat", flush=True)
-    if host not in ('127.0.0.1', 'localhost') and not options.get('api_key'):
+    if host not in LOOPBACK and not options.get('api_key'):
         print(f"warning: listening on {host} without --api_key: whoever reaches it can use the model")
     try:
         server.serve_forever()
