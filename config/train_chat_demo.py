@@ -21,6 +21,8 @@ n_layer = 4
 n_head = 4
 n_embd = 128
 block_size = 128
+rope = True  # rotary positions: a turn looks the same wherever its window starts (held-out bits/byte at
+# 1,000 steps 1.593 -> 1.551; ~5% slower steps); the model then exports as GPT-NeoX, not GPT-2
 batch_size = 16
 dropout = 0.125  # on the residual stream: a fast CPU's 2,000 steps overfit with less (held-out at 1,000 /
 # 2,000 steps: 0.1 1.592 / 1.588, 0.125 1.592 / 1.574, 0.15 1.601 / 1.566; with 0 val turns up at ~600)

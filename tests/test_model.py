@@ -11,12 +11,12 @@ from machine import default_dtype
 from model import GPT, GPTConfig, KVCache, causal_attention, sample_next
 
 
-def tiny(block_size=16, vocab_size=65, bias=True, seed=0):
+def tiny(block_size=16, vocab_size=65, bias=True, seed=0, rope=False):
     """A tiny fp32 model with weights large enough that greedy decoding does not get stuck on
     one token, so comparing generations means something."""
     torch.manual_seed(seed)
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2,
-                          n_embd=32, dropout=0.0, bias=bias))
+                          n_embd=32, dropout=0.0, bias=bias, rope=rope))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
@@ -92,6 +92,7 @@ def test_params_flops_optimizer():
     cfg = model.config
     n = model.num_params()
     assert n == model.num_params(non_embedding=False) - cfg.block_size * cfg.n_embd
+    assert tiny(rope=True).num_params() == n  # no learnt positions to leave out
     assert model.flops_per_token() == 6 * n + 12 * 2 * 2 * 16 * 16
     opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95))
     decay, no_decay = opt.param_groups
@@ -107,10 +108,12 @@ def test_default_dtype():
     assert default_dtype("mps") == "float32"
 
 
-def test_cache_chunks_match_full_forward():
+@pytest.mark.parametrize("rope", [False, True], ids=["learnt", "rope"])
+def test_cache_chunks_match_full_forward(rope):
     """Prefill, a chunk of several tokens after a cached prefix (shifted causal mask), then single
-    tokens: every position's logits equal one uncached forward over the whole sequence."""
-    model = tiny()
+    tokens: every position's logits equal one uncached forward over the whole sequence (with rope,
+    each chunk's queries and keys turned by their own positions)."""
+    model = tiny(rope=rope)
     idx = torch.randint(0, 65, (2, 12))
     full, _ = model(idx, idx)
     cache = KVCache(model.config, 2)
@@ -120,12 +123,12 @@ def test_cache_chunks_match_full_forward():
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static_decode"])
-@pytest.mark.parametrize("prompt_len,batch", [(5, 1), (5, 3), (20, 2)])
-def test_cached_greedy_equals_uncached_past_block_size(prompt_len, batch, static):
+@pytest.mark.parametrize("prompt_len,batch,rope", [(5, 1, False), (5, 3, False), (20, 2, False), (5, 2, True)])
+def test_cached_greedy_equals_uncached_past_block_size(prompt_len, batch, rope, static):
     """The same logits and tokens through the re-fills past block_size (every 8 tokens here), for
     30 steps at least before a near-tie that another CPU's rounding could break either way; with
     the cache sliced to its length, or whole and masked (static_decode, as CUDA graphs run it)."""
-    model = tiny()
+    model = tiny(rope=rope)
     if static:
         model.static_decode(graph=False)
     idx = torch.randint(0, 65, (batch, prompt_len))
@@ -308,6 +311,12 @@ def test_crop_block_size():
     model.crop_block_size(16)
     assert model.transformer.wpe.weight.shape == (16, 32)
     assert torch.allclose(model(idx, idx)[0], before)
+    model = tiny(block_size=32, rope=True)
+    before = model(idx, idx)[0]
+    model.crop_block_size(16)
+    assert torch.allclose(model(idx, idx)[0], before)
+    with pytest.raises(AssertionError, match="block_size"):
+        model(torch.zeros(1, 17, dtype=torch.long))
 
 
 # --------------------------------------------------------------------- GPT-2 / HF interop
@@ -360,6 +369,17 @@ def test_export_hf_loads_in_transformers(tmp_path, bias):
     assert_close_logits(hf_logits(hf, idx), ours(idx, idx)[0])
     again = GPT.from_pretrained(str(tmp_path)).eval()  # and back (zero biases where ours had none)
     assert_close_logits(again(idx, idx)[0], ours(idx, idx)[0])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_rope_exports_as_gpt_neox(tmp_path, bias):
+    """transformers' own rotary attention (GPT-NeoX) computes what ours does, from our weights."""
+    ours = tiny(block_size=32, vocab_size=97, bias=bias, rope=True)
+    ours.export_hf(tmp_path, eot=96)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == "GPTNeoXForCausalLM" and hf.config.eos_token_id == 96
+    idx = torch.randint(0, 97, (2, 32))
+    assert_close_logits(hf_logits(hf, idx), ours(idx, idx)[0])
 
 
 def test_padded_vocab_ids_are_never_drawn():

@@ -119,6 +119,23 @@ def test_learns_logs_and_checkpoints(runs):
     assert sorted(os.listdir(tmp / "full")) == ["best.pt", "ckpt.pt", "ckpt_4.pt", "ckpt_8.pt", "log.jsonl"]  # keep_last=2
 
 
+def test_rope_trains_resumes_and_scores(runs, tmp_path):
+    """--rope=True: rotary positions, no learnt ones in the checkpoint; it learns as the default
+    does, resumes from a SIGKILL bit-identical, and eval.py scores the checkpoint."""
+    tmp, stdout = runs
+    train(tmp, tmp_path / "rope", "--max_iters=8", "--rope=True")
+    ckpt = load(tmp_path / "rope" / "ckpt.pt")
+    assert ckpt["model_args"]["rope"] and not any("wpe" in k for k in ckpt["model"])
+    assert train(tmp, tmp_path / "killed", "--max_iters=8", "--rope=True", check=False, fault="kill:5").returncode
+    train(tmp, tmp_path / "killed", "--max_iters=8", "--rope=True", "--init_from=resume")
+    assert_same_weights(ckpt, load(tmp_path / "killed" / "ckpt.pt"))
+    e = evals(train(tmp, tmp_path / "rope", "--eval_only=True", "--init_from=resume").stdout)
+    assert e[8]["val"] < evals(stdout)[0]["val"] - 0.5  # it learnt
+    out = subprocess.run([sys.executable, "eval.py", f"--out_dir={tmp_path / 'rope'}", "--dataset=" + str(tmp), "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout)["all"]["loss"] == pytest.approx(e[8]["val"], abs=0.3)
+
+
 def test_wandb_offline_gets_the_metrics_and_samples(runs, tmp_path):
     pytest.importorskip("wandb")
     data, _ = runs

@@ -1,5 +1,6 @@
-"""export.py: a checkpoint -> a Hugging Face GPT-2 folder that transformers loads, whose logits,
-greedy generations and tokenizer match ours, and that model.py imports back unchanged."""
+"""export.py: a checkpoint -> a Hugging Face GPT-2 folder (GPT-NeoX for a rope model) that
+transformers loads, whose logits, greedy generations and tokenizer match ours, and that model.py
+imports back unchanged (GPT-2)."""
 import subprocess
 import sys
 
@@ -13,12 +14,12 @@ from model import GPT, GPTConfig
 transformers = pytest.importorskip("transformers")
 
 
-def checkpoint(path, tok, meta_tokenizer):
+def checkpoint(path, tok, meta_tokenizer, rope=False):
     """A tiny model for tok's vocab (padded like train.py), weights large enough for greedy decoding
     to go somewhere, saved as train.py saves."""
     torch.manual_seed(0)
     args = dict(block_size=64, vocab_size=(tok.vocab_size + 63) // 64 * 64, n_layer=2, n_head=2, n_embd=32,
-                dropout=0.0, bias=False)
+                dropout=0.0, bias=False, rope=rope)
     model = GPT(GPTConfig(**args))
     with torch.no_grad():
         for p in model.parameters():
@@ -45,6 +46,8 @@ def export_and_compare(tmp_path, tok, ours):
     # greedy: the same tokens while the pick is clear of a near-tie (rounding may break one either way)
     theirs = theirs.sequences[:, len(prompt):], torch.stack(theirs.logits, dim=1)
     assert_same_greedy(generate_with_logits(ours, x, 16, temperature=0), theirs, min_steps=8)
+    if ours.config.rope:
+        return
     again = GPT.from_pretrained(str(tmp_path / "hf"))  # and back
     for k, v in ours.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
@@ -55,8 +58,9 @@ def test_export_gpt2_tokenizer(tmp_path, gpt2):
     export_and_compare(tmp_path, gpt2, ours)
 
 
-def test_export_trained_bpe(tmp_path):
+@pytest.mark.parametrize("rope", [False, True], ids=["gpt2", "gpt_neox"])
+def test_export_trained_bpe(tmp_path, rope):
     texts = ["A: hello there, how are you today?\n\n\nB: fine thanks, and you?\n\n\n"] * 20
     tok = chat.train_bpe(texts, 300, "tiny")
-    ours = checkpoint(tmp_path / "ckpt.pt", tok, {**tok.spec, "json": tok.file_text})
+    ours = checkpoint(tmp_path / "ckpt.pt", tok, {**tok.spec, "json": tok.file_text}, rope)
     export_and_compare(tmp_path, tok, ours)
