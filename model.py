@@ -113,7 +113,7 @@ class Rotary(nn.Module):
     """Rotary position embeddings (Su et al. 2021, RoFormer; GPT-NeoX's layout): the two halves of
     each query and key turn together by angles proportional to the position, so their dot product
     depends on the distance between the tokens, not on where the window starts. A dialogue seen at
-    any offset then looks the same; the demo scores ~0.04 bits/byte better than with learnt ones."""
+    any offset then looks the same (the demo's held-out bits/byte at 1,000 steps: 1.593 -> 1.551)."""
 
     def __init__(self, head_size, block_size, base=ROPE_BASE):
         super().__init__()
