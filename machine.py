@@ -9,6 +9,7 @@ takes float32. sample.py generates in float32 on every CPU: decoding one token a
 by reading the weights, and autocast re-casts them for every token (~2x slower than float32).
 """
 import ctypes
+import math
 import signal
 import sys
 import time
@@ -103,30 +104,48 @@ def duration(seconds):
 
 
 class Budget:
-    """train.py's max_minutes of wall time. The iterations that fit are counted once, from the time
-    steps 15-45 and an eval took, so the schedule is fixed (and a resume keeps it), and every rank
-    gets rank 0's count. If the steps then get slower (a busy machine), over() says when the time
-    is up anyway, short of the schedule's end. A budget of 0 minutes does neither."""
+    """train.py's max_minutes of wall time. The iterations that fit are counted from the time steps
+    15-45 and an eval took, so the schedule is known from then on (said in the log, kept by a
+    resume), and every rank gets rank 0's count. With a warmdown (lr_warmdown) they are counted
+    once more where it begins, from every step so far: the learning rate until then does not depend
+    on the count, and a machine whose steps have got slower (or faster) still ends its warmdown when
+    the time is up, where stopping short of it would leave the learning rate high (make demo on a
+    busy machine: 1.58 bits/byte against 1.55). The warmdown then starts at that step, so
+    lr_warmdown becomes the share of the steps after warmup that remains. If the steps get slower
+    still, over() says when the time is up anyway, short of the schedule's end. A budget of 0
+    minutes does none of it."""
 
-    def __init__(self, minutes, start_iter, device):
-        self.seconds, self.start_iter, self.device = minutes * 60, start_iter, device
-        self.t_start = time.time()
-        self.message = None
+    def __init__(self, minutes, start_iter, device, warmup_iters=0, log=print):
+        self.seconds, self.start_iter, self.device, self.warmup = minutes * 60, start_iter, device, warmup_iters
+        self.t_start, self.log, self.recount_at = time.time(), log, None
 
-    def plan(self, iter_num, eval_seconds, eval_interval):
-        """After each step: at start_iter + 45 the iterations in all, else None."""
+    def plan(self, iter_num, eval_seconds, eval_interval, warmdown=0.0):
+        """After each step: at start_iter + 45, and with a warmdown again where it begins, the schedule
+        (max_iters = lr_decay_iters, lr_warmdown), said in the log; else None."""
+        now = time.time()
         if self.seconds and iter_num == self.start_iter + 15:
-            self.t_steps = time.time()  # the first steps are slower (memory grows, caches warm): not them
-        if not self.seconds or iter_num != self.start_iter + 45:
+            self.t_steps = now  # the first steps are slower (memory grows, caches warm): not them
+        recount = iter_num == self.recount_at
+        if not self.seconds or not (recount or iter_num == self.start_iter + 45):
             return None
-        step = (time.time() - self.t_steps) / 30
-        left = self.seconds - (time.time() - self.t_start) - eval_seconds
-        n = torch.tensor(iter_num + max(0, int(left / (step + eval_seconds / eval_interval))), device=self.device)
+        step = (now - self.t_steps) / (iter_num - self.start_iter - 15)  # at a recount the evals included
+        left = self.seconds - (now - self.t_start) - eval_seconds  # the last eval's time kept
+        n = iter_num + max(1, int(left / (step if recount else step + eval_seconds / eval_interval)))
+        n = torch.tensor(n, device=self.device)
         if torch.distributed.is_initialized():
             torch.distributed.broadcast(n, 0)  # ranks whose clocks differ still stop at the same step
-        self.message = (f"max_minutes {self.seconds / 60:g}: {n.item()} iterations in all ({step * 1000:.0f} ms "
-                        f"a step, {eval_seconds:.1f} s an eval)")
-        return n.item()
+        n = n.item()
+        if recount:
+            warmdown = (n - iter_num) / (n - self.warmup)  # from here to the end: no jump in the rate
+            self.log(f"max_minutes {self.seconds / 60:g}: {n} iterations in all, counted again as the warmdown "
+                     f"begins ({step * 1000:.0f} ms a step since iter {self.start_iter + 15}, evals included; "
+                     f"lr_warmdown {warmdown:.3f})")
+        else:
+            if warmdown:  # the first step whose learning rate would be below the peak
+                self.recount_at = self.warmup + math.ceil((1 - warmdown) * (n - self.warmup))
+            self.log(f"max_minutes {self.seconds / 60:g}: {n} iterations in all ({step * 1000:.0f} ms a step, "
+                     f"{eval_seconds:.1f} s an eval)")
+        return dict(max_iters=n, lr_decay_iters=n, lr_warmdown=warmdown)
 
     def over(self):
         return bool(self.seconds) and time.time() - self.t_start > self.seconds

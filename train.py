@@ -222,7 +222,7 @@ if resume:
     iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
     if budget_pending and ckpt['config'].get('max_minutes') == max_minutes:  # the schedule its budget fixed
         budget_pending = False
-        for k in ('max_iters', 'lr_decay_iters'):
+        for k in ('max_iters', 'lr_decay_iters', 'lr_warmdown'):
             config[k] = user_config[k] = globals()[k] = ckpt['config'][k]
     log(checkpoint.resume_message(ckpt_path, ckpt, user_config, world_size, train_tokens))
 model.to(device)
@@ -346,7 +346,7 @@ flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
 peak = peak_flops(device, dtype)  # None where no true peak is known (CPUs): no MFU then
 start_iter, nan_steps, skipped, steps_timed, eval_seconds = iter_num, 0, 0, 0, 0.0
 t_start = t_last = time.time()  # the ETA uses the run's mean step time (from t_start): single intervals are noisy
-budget = Budget(max_minutes if budget_pending else 0, iter_num, device)  # a resume keeps the schedule it fixed
+budget = Budget(max_minutes if budget_pending else 0, iter_num, device, warmup_iters, log)  # a resume keeps its schedule
 while True:
     lr = get_lr(iter_num - schedule_from)
     for group in optimizer.param_groups:
@@ -420,9 +420,9 @@ while True:
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
     steps_timed += 1
-    if planned := budget.plan(iter_num, eval_seconds, eval_interval):  # max_minutes: the steps that fit
-        max_iters = lr_decay_iters = config['max_iters'] = config['lr_decay_iters'] = planned
-        log(budget.message)
+    if planned := budget.plan(iter_num, eval_seconds, eval_interval, lr_warmdown):  # max_minutes: the steps that fit
+        config.update(planned)  # kept by the checkpoints
+        globals().update(planned)
     if out_of_time and iter_num < max_iters:  # the steps got slower than when they were timed
         log(f"max_minutes {max_minutes:g}: the time is up at iter {iter_num} of {max_iters} (a resume goes on to the end)")
         max_iters = iter_num  # the last eval and checkpoint now; the checkpoint's config keeps the schedule

@@ -67,6 +67,7 @@ CANDIDATES = {
     "the config, dropout 0.15 (lr_warmdown)": ("bpe:4096", ["--dropout=0.15"]),
     "the config, dropout 0.2 (lr_warmdown)": ("bpe:4096", ["--dropout=0.2"]),
     "the config, dropout 0.125": ("bpe:4096", ["--dropout=0.125"]),
+    "the config, dropout 0.075": ("bpe:4096", ["--dropout=0.075"]),
     "the config, no taskmaster": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.1,reddit_demo:0.1,"
                                                "webtext_demo:0.1"]),
     "the config, taskmaster 0.025": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.0917,"

@@ -9,9 +9,9 @@ out_dir = 'out-chat-demo'
 # (never scored) keep the model from learning them by heart (README: 0.2 of them 1.65 -> 1.63 bits/byte
 # at equal time, 0.3 then 1.590 -> 1.585 at equal steps)
 dataset = 'dailydialog_demo:0.7,chatterbot_demo:0.075,reddit_demo:0.075,webtext_demo:0.075,taskmaster_demo:0.075'
-max_minutes = 4.0  # a wall-clock budget: as many steps as fit, whatever the CPU (see train.py): their
+max_minutes = 4.5  # a wall-clock budget: as many steps as fit, whatever the CPU (see train.py): their
 # count is fixed early from the step time, and if a busy machine's steps get slower later, the run
-# stops when the time is up anyway (short of its schedule's end); ~25 s of prepare, eval, plot, chat
+# stops when the time is up anyway (short of its schedule's end); ~12-15 s of prepare, eval, plot, chat
 
 # Chosen with bench/sweep_demo.py and eval.py (README): a BPE trained on the data (4,096 tokens, ~3.5
 # bytes each: a step predicts more text than with 1-2k, and held-out text, in words the BPE never saw,

@@ -8,7 +8,7 @@ import torch
 import checkpoint
 from conftest import assert_close_logits, assert_same_greedy, generate_with_logits
 from machine import default_dtype
-from model import GPT, GPTConfig, KVCache, causal_attention, sample_next
+from model import GPT, Dropout, GPTConfig, KVCache, causal_attention, sample_next
 
 
 def tiny(block_size=16, vocab_size=65, bias=True, seed=0, rope=False):
@@ -77,6 +77,25 @@ def test_causal_attention_is_sdpa():
     torch.testing.assert_close(causal_attention(q, k, v),
                                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
                                rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.125, 0.3])
+def test_cpu_dropout_drops_p_and_keeps_the_mean(p):
+    """The CPU's 16-bit mask: about p of the elements are zeroed, the rest scaled by 1 / (1 - p),
+    the gradient goes through the same mask, and eval mode (or p = 0) passes x through."""
+    torch.manual_seed(0)
+    x = torch.ones(64, 33, 97, requires_grad=True)  # an odd size: the mask is cut from 64-bit draws
+    y = Dropout(p)(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - p) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - p)), rtol=1e-4, atol=0)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())
+    assert torch.equal(Dropout(p).eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+    torch.manual_seed(1)
+    a = Dropout(p)(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, Dropout(p)(x))  # the global generator: seeds and resumes replay the masks
 
 
 def test_fresh_init_loss_is_uniform():

@@ -2,6 +2,7 @@
 their retention, exact resume after SIGTERM and SIGKILL, NaN steps, DDP (2 gloo processes)
 agreeing with one process, loss masking by role, dataset mixtures, resuming on changed data."""
 import json
+import math
 import os
 import random
 import shutil
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 import chat
+import machine
 from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -483,6 +485,25 @@ def test_max_minutes_fixes_the_schedule_once_and_resume_keeps_it(runs, tmp_path)
     assert_same_weights(load(tmp_path / "fixed" / "ckpt.pt"), load(tmp_path / "budget" / "ckpt.pt"))
 
 
+def test_max_minutes_with_a_warmdown_counts_again_where_it_begins(runs, tmp_path):
+    """With lr_warmdown the budget counts the steps a second time where the warmdown begins (said in
+    the log, kept in the checkpoint's config); the run is then exactly one given the final count and
+    warmdown from the start, since the learning rate before it is the peak either way (if a busy
+    machine's time runs out first, up to where it stopped)."""
+    tmp, _ = runs
+    p = train(tmp, tmp_path / "budget", "--max_minutes=0.1", "--warmup_iters=45", "--eval_interval=100",
+              "--lr_warmdown=0.4", "--min_lr=0")
+    first, again, *late = log_lines(p.stdout, "max_minutes 0.1: ")
+    assert "counted again as the warmdown begins" in again and "counted again" not in first
+    ckpt = load(tmp_path / "budget" / "ckpt.pt")
+    n, w, last = ckpt["config"]["max_iters"], ckpt["config"]["lr_warmdown"], ckpt["iter_num"]
+    assert again.startswith(f"max_minutes 0.1: {n} iterations in all") and ckpt["config"]["lr_decay_iters"] == n
+    assert last == n or late == [f"max_minutes 0.1: the time is up at iter {last} of {n} (a resume goes on to the end)"]
+    train(tmp, tmp_path / "fixed", f"--max_iters={last}", f"--lr_decay_iters={n}", f"--lr_warmdown={w!r}",
+          "--min_lr=0", "--warmup_iters=45", "--eval_interval=100")
+    assert_same_weights(load(tmp_path / "fixed" / "ckpt.pt"), load(tmp_path / "budget" / "ckpt.pt"))
+
+
 @pytest.mark.parametrize("nproc", [0, 2])
 def test_max_minutes_stops_when_the_time_is_up(runs, tmp_path, nproc):
     """Steps that get slower after they were timed (a busy machine; here a sleep after iter 50) do not
@@ -498,6 +519,38 @@ def test_max_minutes_stops_when_the_time_is_up(runs, tmp_path, nproc):
     ckpt = load(tmp_path / "slow" / "ckpt.pt")
     assert ckpt["iter_num"] == 51 and ckpt["config"]["max_iters"] == ckpt["config"]["lr_decay_iters"] == n
     assert log_lines(p.stdout, "step 51: ")
+
+
+@pytest.mark.parametrize("later", [0.15, 0.07])
+def test_budget_counts_again_where_the_warmdown_begins(monkeypatch, later):
+    """With lr_warmdown the count of steps is made again where the warmdown would begin, from the
+    mean step since the 15th: steps that got slower (or faster) since the first count still end
+    their warmdown when the time is up, and the learning rate goes on from the peak without a jump.
+    Without a warmdown the first count stands. (A clock of 0.1 s a step, then `later` s.)"""
+    clock = [0.0]
+    monkeypatch.setattr(machine, "time", type("clock", (), {"time": staticmethod(lambda: clock[0])}))
+    lines = []
+    budget, fixed = machine.Budget(1.0, 0, "cpu", 10, lines.append), machine.Budget(1.0, 0, "cpu", 10, print)
+    plans, fixed_plans = {}, {}
+    for it in range(1, 1000):
+        clock[0] += 0.1 if it <= 45 else later
+        if p := budget.plan(it, 1.0, 100, 0.4):
+            plans[it] = p
+        if p := fixed.plan(it, 1.0, 100, 0.0):
+            fixed_plans[it] = p
+    # at 45: 60 s less 4.5 s spent and 1 s for the last eval, at 0.1 s a step and 1 s an eval per 100
+    first = 45 + int(54.5 / 0.11)
+    assert plans[45] == dict(max_iters=first, lr_decay_iters=first, lr_warmdown=0.4)
+    assert list(fixed_plans) == [45] and fixed_plans[45]["lr_warmdown"] == 0.0
+    [(at, again)] = [(it, p) for it, p in plans.items() if it != 45]
+    assert at == 10 + math.ceil(0.6 * (first - 10))  # the first step below the peak in the first count
+    n, w = again["max_iters"], again["lr_warmdown"]
+    spent, step = 4.5 + (at - 45) * later, (4.5 + (at - 45) * later - 1.5) / (at - 15)
+    assert n == at + int((60 - spent - 1.0) / step) and again["lr_decay_iters"] == n
+    assert (n < first) == (later > 0.11) and w == pytest.approx((n - at) / (n - 10))
+    assert 10 + (1 - w) * (n - 10) == pytest.approx(at)  # the warmdown starts right here: no jump
+    assert lines[0] == f"max_minutes 1: {first} iterations in all (100 ms a step, 1.0 s an eval)"
+    assert lines[1].startswith(f"max_minutes 1: {n} iterations in all, counted again as the warmdown begins")
 
 
 def test_plot_draws_the_log(runs, tmp_path):
