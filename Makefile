@@ -1,5 +1,5 @@
 # make demo: prepare DailyDialog (a BPE of its own) and a little other text, train a small chat model for
-#   4 minutes on the CPU, score it on held-out dialogues, draw its loss curves, chat with it.
+#   4.5 minutes on the CPU, score it on held-out dialogues, draw its loss curves, chat with it.
 #   DTYPE=float32 forces fp32.
 # make test: the test suite. Both install into .venv from requirements.txt first.
 VENV ?= .venv
