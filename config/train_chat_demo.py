@@ -10,8 +10,9 @@ out_dir = 'out-chat-demo'
 # at equal time, 0.3 then 1.590 -> 1.585 at equal steps)
 dataset = 'dailydialog_demo:0.7,chatterbot_demo:0.075,reddit_demo:0.075,webtext_demo:0.075,taskmaster_demo:0.075'
 max_minutes = 4.5  # a wall-clock budget: as many steps as fit, whatever the CPU (see train.py): their
-# count is fixed early from the step time, and if a busy machine's steps get slower later, the run
-# stops when the time is up anyway (short of its schedule's end); ~12-15 s of prepare, eval, plot, chat
+# count is made early from the step time and again where the warmdown begins, and if a busy machine's
+# steps get slower still, the run stops when the time is up anyway (short of its schedule's end); then
+# ~12-15 s of prepare, eval, plot, chat: the whole demo ~4m40s-4m50s
 
 # Chosen with bench/sweep_demo.py and eval.py (README): a BPE trained on the data (4,096 tokens, ~3.5
 # bytes each: a step predicts more text than with 1-2k, and held-out text, in words the BPE never saw,
