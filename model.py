@@ -140,7 +140,7 @@ class Dropout(nn.Dropout):
         bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device)
         bits.random_(-2**63, 2**63 - 1)  # every bit random: random_() alone leaves the sign bit 0
         keep = bits.view(torch.int16)[:x.numel()].view(x.shape) >= drop - 32768
-        return x * (keep * (65536 / (65536 - drop)))
+        return x * keep * (65536 / (65536 - drop))  # in x's dtype, like torch's dropout under autocast
 
 
 class CausalSelfAttention(nn.Module):

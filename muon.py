@@ -15,17 +15,30 @@ import torch
 
 def orthogonalize(g, steps=5):
     """~U V^T of g's SVD (every singular value pushed into roughly [0.7, 1.2]) by a quintic
-    Newton-Schulz iteration whose coefficients trade exactness for speed (Muon's)."""
+    Newton-Schulz iteration whose coefficients trade exactness for speed (Muon's). g may be a stack
+    of matrices (..., rows, cols): each is orthogonalized on its own."""
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)  # CPUs: no bf16 units on many
-    x = x / (x.norm() + 1e-7)  # singular values <= 1, where the iteration converges
-    tall = x.size(0) > x.size(1)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # singular values <= 1, where the iteration converges
+    tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the small Gram matrix
         x = x.mT
     for _ in range(steps):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
     return (x.mT if tall else x).to(g.dtype)
+
+
+def orthogonalize_all(grads):
+    """orthogonalize for each of a list of matrices, those of one shape stacked into one batch: a
+    small model's few big matmuls instead of many small ones and their per-op overhead."""
+    updates, by_shape = [None] * len(grads), {}
+    for i, g in enumerate(grads):
+        by_shape.setdefault(g.shape, []).append(i)
+    for indices in by_shape.values():
+        for i, u in zip(indices, orthogonalize(torch.stack([grads[i] for i in indices]))):
+            updates[i] = u
+    return updates
 
 
 class Muon(torch.optim.Optimizer):
@@ -39,23 +52,27 @@ class Muon(torch.optim.Optimizer):
     def step(self, closure=None):
         for group in self.param_groups:
             lr, wd = group['lr'], group['weight_decay']
-            for p in group['params']:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
+            params = [p for p in group['params'] if p.grad is not None]
+            for p in params:
                 p.mul_(1 - lr * wd)
-                if group['muon']:
+            if group['muon']:
+                directions = []
+                for p in params:
+                    state = self.state[p]
                     if not state:
                         state['momentum'] = torch.zeros_like(p)
                     m = state['momentum'].lerp_(p.grad, 1 - group['momentum'])
-                    update = orthogonalize(p.grad.lerp(m, group['momentum']))  # Nesterov
+                    directions.append(p.grad.lerp(m, group['momentum']))  # Nesterov
+                for p, update in zip(params, orthogonalize_all(directions)):
                     p.add_(update, alpha=-lr * 0.2 * math.sqrt(max(p.shape)))
-                else:
-                    if not state:
-                        state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                    beta1, beta2 = group['betas']
-                    state['step'] += 1
-                    state['exp_avg'].lerp_(p.grad, 1 - beta1)
-                    state['exp_avg_sq'].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                    denom = (state['exp_avg_sq'] / (1 - beta2 ** state['step'])).sqrt_().add_(group['eps'])
-                    p.addcdiv_(state['exp_avg'], denom, value=-lr / (1 - beta1 ** state['step']))
+                continue
+            beta1, beta2 = group['betas']
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state['step'] += 1
+                state['exp_avg'].lerp_(p.grad, 1 - beta1)
+                state['exp_avg_sq'].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                denom = (state['exp_avg_sq'] / (1 - beta2 ** state['step'])).sqrt_().add_(group['eps'])
+                p.addcdiv_(state['exp_avg'], denom, value=-lr / (1 - beta1 ** state['step']))

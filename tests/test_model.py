@@ -82,7 +82,8 @@ def test_causal_attention_is_sdpa():
 @pytest.mark.parametrize("p", [0.125, 0.3])
 def test_cpu_dropout_drops_p_and_keeps_the_mean(p):
     """The CPU's 16-bit mask: about p of the elements are zeroed, the rest scaled by 1 / (1 - p),
-    the gradient goes through the same mask, and eval mode (or p = 0) passes x through."""
+    the gradient goes through the same mask, the output keeps x's dtype, and eval mode (or p = 0)
+    passes x through."""
     torch.manual_seed(0)
     x = torch.ones(64, 33, 97, requires_grad=True)  # an odd size: the mask is cut from 64-bit draws
     y = Dropout(p)(x)
@@ -92,6 +93,7 @@ def test_cpu_dropout_drops_p_and_keeps_the_mean(p):
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())
     assert torch.equal(Dropout(p).eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+    assert Dropout(p)(x.detach().bfloat16()).dtype == torch.bfloat16  # as torch's: no float32 copy
     torch.manual_seed(1)
     a = Dropout(p)(x)
     torch.manual_seed(1)

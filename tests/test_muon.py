@@ -3,7 +3,7 @@ train.py with --muon trains, resumes exactly and agrees across DDP ranks."""
 import torch
 
 from model import GPT, GPTConfig
-from muon import Muon, orthogonalize
+from muon import Muon, orthogonalize, orthogonalize_all
 from test_train import assert_same_weights, load, log_lines, train, write_tiny_dataset
 
 
@@ -17,6 +17,14 @@ def test_orthogonalize_pushes_every_singular_value_near_one():
         assert s.min() > 0.6 and s.max() < 1.25, (rows, cols, s.min(), s.max())
         cosine = (orthogonalize(g) * (u @ v.T)).sum() / (u @ v.T).norm() / orthogonalize(g).norm()
         assert cosine > 0.95  # the direction of U V^T
+
+
+def test_orthogonalize_all_stacks_each_shape_and_matches_one_at_a_time():
+    torch.manual_seed(0)
+    grads = [torch.randn(shape) for shape in ((32, 96), (96, 32), (32, 96), (32, 32), (96, 32), (32, 96))]
+    for g, u in zip(grads, orthogonalize_all(grads)):
+        assert u.shape == g.shape
+        torch.testing.assert_close(u, orthogonalize(g), rtol=1e-4, atol=1e-5)
 
 
 def test_adamw_groups_step_as_torch_adamw():
