@@ -10,6 +10,7 @@ by reading the weights, and autocast re-casts them for every token (~2x slower t
 """
 import ctypes
 import math
+import os
 import signal
 import sys
 import time
@@ -95,6 +96,23 @@ class StopRequest:
     def request(self, signum, frame):
         self.signal = signum
         signal.signal(signum, signal.SIG_DFL)
+
+
+def read_faults():
+    """Tests only, from NANOTALK_FAULT (comma-separated): 'kill:K' SIGKILL after iter K, 'term:K'
+    SIGTERM rank 0 after K, 'nan:K' a NaN loss at K, 'slow:K' sleep after K -> {kind: K}."""
+    return {kind: int(k) for kind, k in (f.split(':') for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f)}
+
+
+def inject_faults(faults, iter_num, master, sleep_seconds):
+    """What read_faults asked for after iter_num's step: faults at a step, not at a time, so the tests
+    that use them are deterministic."""
+    if faults.get('slow') == iter_num:
+        time.sleep(sleep_seconds)
+    if faults.get('kill') == iter_num:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if faults.get('term') == iter_num and master:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def duration(seconds):

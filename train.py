@@ -35,7 +35,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import chat
 import checkpoint
-from machine import Budget, StopRequest, autocast, choose, duration, join_torchrun, peak_flops, tune_process
+from machine import (Budget, StopRequest, autocast, choose, duration, inject_faults, join_torchrun, peak_flops,
+                     read_faults, tune_process)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -71,6 +72,7 @@ n_layer = 4
 n_head = 4
 n_embd = 128
 dropout = 0.0
+token_noise = 0.0  # this share of input tokens swapped for random ids, targets kept: less learning by heart
 bias = False
 rope = False  # rotary position embeddings instead of GPT-2's learnt ones (model.py; exported as GPT-NeoX)
 activation_checkpointing = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
@@ -123,8 +125,9 @@ if train_on not in ('all', 'B', 'replies'):
     sys.exit(f"train_on must be 'all', 'B' or 'replies', not {train_on!r}")
 if fsdp and ('RANK' not in os.environ or dtype == 'float16' or muon):
     sys.exit("fsdp shards over the ranks of a torchrun launch (--nproc_per_node=1 is one), in bfloat16 or float32, with AdamW")
-# tests only: 'kill:K' SIGKILL after iter K, 'term:K' SIGTERM rank 0, 'nan:K' NaN loss at K, 'slow:K' sleep max_minutes
-faults = {kind: int(k) for kind, k in (f.split(':') for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f)}
+if not 0 <= token_noise < 1:
+    sys.exit(f"token_noise is a share of the input tokens, in [0, 1), not {token_noise}")
+faults = read_faults()  # tests only (machine.py): a kill, SIGTERM, NaN loss or slow step at a given iteration
 # -----------------------------------------------------------------------------
 
 ddp = 'RANK' in os.environ  # launched by torchrun
@@ -379,6 +382,8 @@ while True:
     batches = []
     for micro in range(accum_steps):
         x, y, roles = get_batch('train', iter_num, rank + micro * world_size)
+        if token_noise:  # from the same seeded RNG as the batch: resumes replay it
+            x = torch.where(torch.rand(x.shape, device=device) < token_noise, torch.randint_like(x, meta['vocab_size']), x)
         y = y.masked_fill(~chat.trained_targets(train_on, y, roles, eot), -1)
         batches.append((x, y, (y != -1).sum()))  # and the count of its trained targets
     n_trained = sum(n for _, _, n in batches).float()
@@ -440,11 +445,6 @@ while True:
         save_checkpoint(False)
         finish(128 + (stop.signal or signal.SIGTERM),
                f"stopped by a signal at iter {iter_num}; rerun with --init_from=auto (or resume) to continue")
-    if faults.get('slow') == iter_num:
-        time.sleep(max_minutes * 60)
-    if faults.get('kill') == iter_num:
-        os.kill(os.getpid(), signal.SIGKILL)
-    if faults.get('term') == iter_num and master:
-        os.kill(os.getpid(), signal.SIGTERM)
+    inject_faults(faults, iter_num, master, max_minutes * 60)
 
 finish()

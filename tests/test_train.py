@@ -204,6 +204,20 @@ def test_exact_resume_after_sigterm_and_sigkill(runs):
     assert [e["val/loss"] for e in full_log if "val/loss" in e][-1] == logged[-1]["val/loss"]
 
 
+def test_token_noise_changes_the_training_inputs_only_and_resumes_exactly(runs, tmp_path):
+    """--token_noise=0.2: the first eval (the same initial weights, batches without noise) equals the
+    reference run's, the weights it ends with do not, and a run SIGKILLed after step 5 resumes to
+    the same weights bit for bit (the noise comes from the batch's seeded RNG)."""
+    tmp, stdout = runs
+    p = train(tmp, tmp_path / "noisy", "--max_iters=8", "--token_noise=0.2")
+    assert evals(p.stdout)[0] == evals(stdout)[0]
+    noisy, plain = load(tmp_path / "noisy" / "ckpt.pt"), load(tmp / "full" / "ckpt.pt")
+    assert any(not torch.equal(v, plain["model"][k]) for k, v in noisy["model"].items())
+    assert train(tmp, tmp_path / "killed", "--max_iters=8", "--token_noise=0.2", check=False, fault="kill:5").returncode
+    train(tmp, tmp_path / "killed", "--max_iters=8", "--token_noise=0.2", "--init_from=resume")
+    assert_same_weights(noisy, load(tmp_path / "killed" / "ckpt.pt"))
+
+
 @pytest.fixture(scope="module")
 def nan_run(runs):
     """One process, trained on B's turns, the loss NaN at iter 3: the step is skipped."""
@@ -447,6 +461,7 @@ def test_training_and_chat_need_no_zstandard_or_requests(runs, tmp_path):
     ("--device=cdua", "device 'cdua' is not a device"),
     ("--dropout=1.5", "dropout must be in [0, 1)"),
     ("--muon=True --fsdp=True", "with AdamW"),
+    ("--token_noise=1", "token_noise is a share of the input tokens, in [0, 1), not 1"),
 ])
 def test_bad_settings_stop_before_any_work(runs, tmp_path, setting, message):
     tmp, _ = runs
