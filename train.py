@@ -167,8 +167,8 @@ eot = meta['eot']
 
 def get_batch(split, step, micro, source=None):
     """batch_size random windows of one dataset's split: inputs, targets and the targets' role
-    bytes. All the randomness of a micro-step (the dataset, by weight; the windows; then its
-    dropout masks) comes from the global RNG seeded with (seed, split, step, micro) alone, so a
+    bytes. All the randomness of a micro-step (the dataset, by weight; the windows; then its token
+    noise and dropout masks) comes from the global RNG seeded with (seed, split, step, micro), so a
     resumed run, or one spread over another number of ranks, draws exactly the same. source picks
     the dataset instead of the weights (evaluation)."""
     torch.manual_seed(hash((seed, split == 'val', step, micro)))  # int tuples hash the same everywhere
@@ -382,7 +382,7 @@ while True:
     batches = []
     for micro in range(accum_steps):
         x, y, roles = get_batch('train', iter_num, rank + micro * world_size)
-        if token_noise:  # from the same seeded RNG as the batch: resumes replay it
+        if token_noise:  # training batches only: the evals score clean text
             x = torch.where(torch.rand(x.shape, device=device) < token_noise, torch.randint_like(x, meta['vocab_size']), x)
         y = y.masked_fill(~chat.trained_targets(train_on, y, roles, eot), -1)
         batches.append((x, y, (y != -1).sum()))  # and the count of its trained targets

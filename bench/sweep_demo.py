@@ -70,6 +70,13 @@ CANDIDATES = {
     "the config, dropout 0.075": ("bpe:4096", ["--dropout=0.075"]),
     "the config, no taskmaster": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.1,reddit_demo:0.1,"
                                                "webtext_demo:0.1"]),
+    "the previous config (dropout 0.125, no token_noise)": ("bpe:4096", ["--dropout=0.125", "--token_noise=0"]),
+    "dropout 0.125, token_noise 0.025": ("bpe:4096", ["--dropout=0.125", "--token_noise=0.025"]),
+    "dropout 0.125, token_noise 0.05": ("bpe:4096", ["--dropout=0.125", "--token_noise=0.05"]),
+    "dropout 0.125, token_noise 0.075": ("bpe:4096", ["--dropout=0.125", "--token_noise=0.075"]),
+    "dropout 0.125, token_noise 0.1": ("bpe:4096", ["--dropout=0.125", "--token_noise=0.1"]),
+    "dropout 0.1, token_noise 0.05": ("bpe:4096", ["--dropout=0.1", "--token_noise=0.05"]),
+    "dropout 0.075, token_noise 0.05": ("bpe:4096", ["--dropout=0.075", "--token_noise=0.05"]),
     "the config, taskmaster 0.025": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.0917,"
                                                   "reddit_demo:0.0917,webtext_demo:0.0917,taskmaster_demo:0.025"]),
 }
