@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DIALOGUES = SHARED / "data" / "dailydialog" / "dialogues_validation.txt"
 ADAMW_DD = ["--muon=False", "--dataset=dailydialog_demo"]  # the older candidates: AdamW on DailyDialog alone
+PREVIOUS_MIX = ("--dataset=dailydialog_demo:0.7,chatterbot_demo:0.075,reddit_demo:0.075,webtext_demo:0.075,"
+                "taskmaster_demo:0.075")  # before shakespeare joined the mixture
 
 # name: (tokenizer, train.py overrides); a --dataset override names the datasets as the config does
 CANDIDATES = {
@@ -79,6 +81,15 @@ CANDIDATES = {
     "dropout 0.075, token_noise 0.05": ("bpe:4096", ["--dropout=0.075", "--token_noise=0.05"]),
     "the config, taskmaster 0.025": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.0917,"
                                                   "reddit_demo:0.0917,webtext_demo:0.0917,taskmaster_demo:0.025"]),
+    "shakespeare 0.05": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.0625,reddit_demo:0.0625,"
+                                      "webtext_demo:0.0625,taskmaster_demo:0.0625,shakespeare_demo:0.05"]),
+    "shakespeare 0.1": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.05,reddit_demo:0.05,"
+                                     "webtext_demo:0.05,taskmaster_demo:0.05,shakespeare_demo:0.1"]),
+    "shakespeare 0.15": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.0375,reddit_demo:0.0375,"
+                                      "webtext_demo:0.0375,taskmaster_demo:0.0375,shakespeare_demo:0.15"]),
+    "no shakespeare (the previous mixture)": ("bpe:4096", [PREVIOUS_MIX]),
+    "the previous mixture, 5 layers": ("bpe:4096", [PREVIOUS_MIX, "--n_layer=5"]),
+    "the previous mixture, n_embd 160, 5 heads": ("bpe:4096", [PREVIOUS_MIX, "--n_embd=160", "--n_head=5"]),
 }
 
 

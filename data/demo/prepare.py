@@ -23,6 +23,7 @@ OTHERS = {
                                                *sorted((SHARED / "reddit").glob("thread_*.jsonl"))]),
     "webtext_demo": ("data/webtext/prepare.py", sorted((SHARED / "webtext").glob("*.jsonl"))),
     "taskmaster_demo": ("data/jsonl/prepare.py", [SHARED / "taskmaster4/TM-4-2024_data_00.json"]),
+    "shakespeare_demo": ("data/shakespeare/prepare.py", [SHARED / "tinyshakespeare/input.txt"]),
 }
 
 
