@@ -24,8 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DIALOGUES = SHARED / "data" / "dailydialog" / "dialogues_validation.txt"
 ADAMW_DD = ["--muon=False", "--dataset=dailydialog_demo"]  # the older candidates: AdamW on DailyDialog alone
-PREVIOUS_MIX = ("--dataset=dailydialog_demo:0.7,chatterbot_demo:0.075,reddit_demo:0.075,webtext_demo:0.075,"
-                "taskmaster_demo:0.075")  # before shakespeare joined the mixture
+
+
+def mixture(shakespeare=0.0):
+    """--dataset with DailyDialog at 0.7 and the other parts sharing the rest (0 = no shakespeare)."""
+    rest = round((0.3 - shakespeare) / 4, 4)
+    others = ("chatterbot", "reddit", "webtext", "taskmaster")
+    parts = ["dailydialog_demo:0.7", *(f"{name}_demo:{rest}" for name in others)]
+    return "--dataset=" + ",".join(parts + ([f"shakespeare_demo:{shakespeare}"] if shakespeare else []))
+
+
+PREVIOUS_MIX = mixture()  # before shakespeare joined the mixture
 
 # name: (tokenizer, train.py overrides); a --dataset override names the datasets as the config does
 CANDIDATES = {
@@ -81,12 +90,7 @@ CANDIDATES = {
     "dropout 0.075, token_noise 0.05": ("bpe:4096", ["--dropout=0.075", "--token_noise=0.05"]),
     "the config, taskmaster 0.025": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.0917,"
                                                   "reddit_demo:0.0917,webtext_demo:0.0917,taskmaster_demo:0.025"]),
-    "shakespeare 0.05": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.0625,reddit_demo:0.0625,"
-                                      "webtext_demo:0.0625,taskmaster_demo:0.0625,shakespeare_demo:0.05"]),
-    "shakespeare 0.1": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.05,reddit_demo:0.05,"
-                                     "webtext_demo:0.05,taskmaster_demo:0.05,shakespeare_demo:0.1"]),
-    "shakespeare 0.15": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.0375,reddit_demo:0.0375,"
-                                      "webtext_demo:0.0375,taskmaster_demo:0.0375,shakespeare_demo:0.15"]),
+    **{f"shakespeare {share}": ("bpe:4096", [mixture(share)]) for share in (0.05, 0.1, 0.15)},
     "no shakespeare (the previous mixture)": ("bpe:4096", [PREVIOUS_MIX]),
     "the previous mixture, 5 layers": ("bpe:4096", [PREVIOUS_MIX, "--n_layer=5"]),
     "the previous mixture, n_embd 160, 5 heads": ("bpe:4096", [PREVIOUS_MIX, "--n_embd=160", "--n_head=5"]),
