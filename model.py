@@ -225,7 +225,10 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, zero_proj=False):
+        """zero_proj: the projections into the residual stream (each block's attn and mlp c_proj)
+        start at 0, so each block at first passes its input through (an init only: the checkpoint's
+        layout is GPT-2's either way)."""
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
@@ -246,6 +249,8 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if zero_proj:  # drawn all the same, so every other weight is GPT-2's init, draw for draw
+                    nn.init.zeros_(p)
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):

@@ -73,14 +73,14 @@ n_head = 4
 n_embd = 128
 dropout = 0.0
 token_noise = 0.0  # this share of input tokens swapped for random ids, targets kept: less learning by heart
+zero_proj = False  # a new model's projections into the residual stream start at 0 (model.GPT)
 bias = False
 rope = False  # rotary position embeddings instead of GPT-2's learnt ones (model.py; exported as GPT-NeoX)
 activation_checkpointing = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 # shard weights, gradients and AdamW state over the ranks (FSDP2, under torchrun). Checkpoints are
 # then sharded too: ckpt.pt names its folder of shards (python export.py --to=x.pt makes one file)
 fsdp = False
-# AdamW, or with muon Muon steps for the blocks' weight matrices (muon.py: often fewer steps to a loss)
-muon = False
+muon = False  # Muon steps for the blocks' weight matrices instead of AdamW (muon.py: often fewer steps to a loss)
 learning_rate = 1e-3
 max_iters = 2000  # optimizer steps in all
 # > 0: train this many minutes of wall time instead: max_iters and lr_decay_iters are set once, after 45
@@ -199,7 +199,7 @@ if resume or os.path.isfile(init_from):  # one of our checkpoints
 elif init_from == 'scratch':
     vocab_size = math.ceil(meta['vocab_size'] / 64) * 64  # padded for faster matmuls; extra ids never occur
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                          n_embd=n_embd, dropout=dropout, bias=bias, rope=rope))
+                          n_embd=n_embd, dropout=dropout, bias=bias, rope=rope), zero_proj=zero_proj)
 else:  # OpenAI's GPT-2 weights
     model = GPT.from_pretrained(init_from, dropout=dropout)
 if not resume:  # a new run: the weights fit our block_size

@@ -94,6 +94,7 @@ CANDIDATES = {
     "no shakespeare (the previous mixture)": ("bpe:4096", [PREVIOUS_MIX]),
     "the previous mixture, 5 layers": ("bpe:4096", [PREVIOUS_MIX, "--n_layer=5"]),
     "the previous mixture, n_embd 160, 5 heads": ("bpe:4096", [PREVIOUS_MIX, "--n_embd=160", "--n_head=5"]),
+    "the previous config (GPT-2's init of the projections)": ("bpe:4096", ["--zero_proj=False"]),
 }
 
 

@@ -108,6 +108,30 @@ def test_fresh_init_loss_is_uniform():
     assert abs(loss.item() - math.log(65)) < 0.2
 
 
+@pytest.mark.parametrize("rope", [False, True])
+def test_zero_proj_starts_each_block_as_the_identity(rope):
+    """zero_proj: the residual projections start at 0 and every other weight is the default init's;
+    so the first logits are those of the embeddings alone, and the projections still get gradients."""
+    config = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, rope=rope)
+    torch.manual_seed(0)
+    default = dict(GPT(config).named_parameters())
+    torch.manual_seed(0)
+    model = GPT(config, zero_proj=True)
+    projections = [name for name, _ in model.named_parameters() if name.endswith("c_proj.weight")]
+    assert len(projections) == 2 * config.n_layer
+    for name, p in model.named_parameters():
+        if name in projections:
+            assert not p.any() and default[name].abs().min() > 0
+        else:
+            assert torch.equal(p, default[name]), name
+    idx, targets = torch.randint(0, 65, (2, 4, 16))
+    logits, _ = model.eval()(idx, targets)
+    x = model.transformer.wte(idx) + (0 if rope else model.transformer.wpe.weight[:16])
+    assert torch.allclose(logits, model.lm_head(model.transformer.ln_f(x)), atol=1e-6)
+    model.train()(idx, targets)[1].backward()
+    assert all(model.get_parameter(name).grad.abs().sum() > 0 for name in projections)
+
+
 def test_params_flops_optimizer():
     model = tiny()
     cfg = model.config

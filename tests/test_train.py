@@ -138,6 +138,15 @@ def test_rope_trains_resumes_and_scores(runs, tmp_path):
     assert out.returncode == 0 and json.loads(out.stdout)["all"]["loss"] == pytest.approx(e[8]["val"], abs=0.3)
 
 
+def test_zero_proj_starts_the_projections_at_zero_and_learns(runs, tmp_path):
+    """--zero_proj=True reaches the model's init (a first eval of its own) and the run learns as
+    the default does."""
+    tmp, stdout = runs
+    e = evals(train(tmp, tmp_path / "zero", "--max_iters=8", "--zero_proj=True").stdout)
+    assert e[0]["val"] != evals(stdout)[0]["val"] and e[8]["val"] < e[0]["val"] - 0.5, e
+    assert load(tmp_path / "zero" / "ckpt.pt")["config"]["zero_proj"] is True
+
+
 def test_wandb_offline_gets_the_metrics_and_samples(runs, tmp_path):
     pytest.importorskip("wandb")
     data, _ = runs
