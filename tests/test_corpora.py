@@ -371,7 +371,7 @@ def test_demo_prepare_writes_the_mixture_in_dailydialogs_bpe(tmp_path):
     """data/demo/prepare.py (make demo's data): every part of the demo config's mixture, in the BPE
     trained on DailyDialog, with DailyDialog's options (here its val share) passed through."""
     dialogues = shared_file("dailydialog", "dialogues_validation.txt")
-    for part in ("chatterbot_corpus", "reddit", "webtext", "taskmaster4"):
+    for part in ("chatterbot_corpus", "reddit", "webtext", "taskmaster4", "tinyshakespeare"):
         shared_file(part)
     subprocess.run([sys.executable, str(ROOT / "data" / "demo" / "prepare.py"), str(dialogues), "--tokenizer=bpe:512",
                     "--val_fraction=0.2", f"--root={tmp_path}"], check=True, capture_output=True)
