@@ -22,7 +22,12 @@ shared/ in the repo) has them, else generated ones; GPT-2 tokens where tiktoken'
 (TIKTOKEN_CACHE_DIR, else a shared/tiktoken_cache there), else characters. Needs torch, numpy,
 tiktoken. Prints, never asserts; --skip, --compile_limit and --demo_minutes trim the time.
 
-    $ python bench/bench_gpu.py                                   # one GPU: <= 5 minutes
+--profile=DIR: also a few more steps of the train rows and of the graph-captured decode under
+torch.profiler, each written to DIR/profile_<row>.txt: the ops and kernels that take the time, and
+how much of the wall time the GPU was busy (where a step waits on the host). What the next change
+to the step acts on, from the same one run.
+
+    $ python bench/bench_gpu.py --profile=$OUT                    # one GPU: <= 5 minutes
     $ OMP_NUM_THREADS=1 python bench/bench_gpu.py --device=cpu --quick   # tiny shapes: a rehearsal
 """
 import argparse
@@ -86,19 +91,25 @@ def train_ms(args, nanogpt, results, full_logits=False):
     ctx = autocast(args.kind, "bfloat16")
     x = torch.randint(shape["vocab_size"], (batch, shape["block_size"]), device=args.device)
     y = torch.roll(x, -1, dims=1)
-    times = []
-    for _ in range(warmup + timed):  # the first steps compile and warm the allocator
-        sync(args.device)
-        t0 = time.perf_counter()
+
+    def step():
         with ctx:
             _, loss = run(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    times = []
+    for _ in range(warmup + timed):  # the first steps compile and warm the allocator
+        sync(args.device)
+        t0 = time.perf_counter()
+        step()
         sync(args.device)
         times.append(time.perf_counter() - t0)
     dt = statistics.median(times[warmup:])
+    name = "train_nanogpt" if nanogpt else "train_ce" if full_logits else "train"
+    profiled = profile(args, name, step, 3)
     peak = peak_flops(args.device, "bfloat16")
     mfu = f"MFU {model.flops_per_token() * batch * shape['block_size'] / dt / peak * 100:.1f}%" if peak else "MFU n/a"
     if nanogpt:
@@ -108,7 +119,38 @@ def train_ms(args, nanogpt, results, full_logits=False):
         f"{'F.cross_entropy' if full_logits else 'lm_head_loss'} + fused AdamW"
     return (f"{dt * 1000:.1f} ms/iter, {mfu}",
             f"{what}{vs}; {'compiled' if args.compile else 'eager'}, {shape_text(shape)}, batch {batch}, "
-            f"median of {timed} after {warmup} warm-up")
+            f"median of {timed} after {warmup} warm-up{profiled}")
+
+
+def profile(args, name, fn, calls):
+    """With --profile: fn() run calls times under torch.profiler, its ops and kernels by their own
+    time in DIR/profile_<name>.txt; -> a note for the row (how busy the GPU was), else ""."""
+    if not args.profile:
+        return ""
+    from torch.profiler import ProfilerActivity
+    cuda = args.kind == "cuda"
+    sync(args.device)
+    t0 = time.perf_counter()
+    try:
+        with torch.profiler.profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
+            for _ in range(calls):
+                fn()
+            sync(args.device)
+    except Exception as e:  # the row's own numbers stand without it
+        return f"; the profile failed: {type(e).__name__}: {e}"
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    by = "self_device_time_total" if cuda else "self_cpu_time_total"
+    # on the GPU the kernels' own times add up to how long it computed; the rest of the wall time it waited
+    busy = sum(getattr(e, by) for e in events) / 1e6 / wall
+    loss = sum(e.device_time_total if cuda else e.cpu_time_total for e in events if e.key.startswith("_LMHeadLoss"))
+    note = (f"{wall / calls * 1000:.1f} ms a call under the profiler, the "
+            f"{'GPU busy' if cuda else 'ops (self CPU time)'} {busy * 100:.0f}% of it")
+    if loss:  # the fused loss's forward and backward, kernels included
+        note += f", lm_head_loss {loss / 1e6 / wall * 100:.0f}%"
+    path = Path(args.profile) / f"profile_{name}.txt"
+    path.write_text(f"{name}: {calls} calls, {note}\n\n" + events.table(sort_by=by, row_limit=30, max_name_column_width=80))
+    return f"; profiled: {note} ({path.name})"
 
 
 def shape_text(shape):
@@ -150,6 +192,7 @@ def generate_tok_s(args, kv_cache=True, compiled=False, static=False):
         same = next((i for i, (a, b) in enumerate(zip(tokens(64, temperature=0), tokens(64, False, temperature=0)))
                      if a != b), 64)
         notes += f", greedy = uncached for the first {same} of 64 tokens"
+        notes += profile(args, "gen_graph", lambda: tokens(64, temperature=0.8, top_k=200), 1)
     return f"{tok_s(n):.0f} tok/s", notes
 
 
@@ -179,10 +222,11 @@ def last_line(text):
     return (errors or lines or ["(no output)"])[-1]
 
 
-def train_py(args, name, *settings, torchrun=True, timeout=300):
-    """Run train.py; (its stdout, [(iter, ms, mfu)] of its log lines). Its log goes to the temp dir."""
+def train_py(args, name, *settings, config=(), torchrun=True, timeout=300):
+    """Run train.py (a config file first: the settings after it override it, our data too); (its
+    stdout, [(iter, ms, mfu)] of its log lines). Its log goes to the temp dir."""
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"] if torchrun else []
-    cmd = [sys.executable, *launcher, "train.py", f"--device={args.device}", f"--dataset={args.data}", *settings]
+    cmd = [sys.executable, *launcher, "train.py", *config, f"--device={args.device}", f"--dataset={args.data}", *settings]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     (args.tmp / f"{name}.log").write_text(" ".join(cmd) + "\n" + p.stdout + p.stderr)
     if p.returncode:
@@ -211,8 +255,8 @@ def run_row(args, name, *settings, want, check=False):
 
 def demo_row(args):
     minutes = 0.1 if args.quick else args.demo_minutes
-    out, iters = train_py(args, "demo", "config/train_chat_demo.py", f"--out_dir={args.tmp / 'demo'}",
-                          f"--max_minutes={minutes}", torchrun=False)
+    out, iters = train_py(args, "demo", f"--out_dir={args.tmp / 'demo'}", f"--max_minutes={minutes}",
+                          config=["config/train_chat_demo.py"], torchrun=False)
     if not iters:
         raise RuntimeError("no iter lines in its log")
     it, ms, mfu = iters[-1]
@@ -292,10 +336,13 @@ def main():
     p.add_argument("--skip", default="", help=f"rows to leave out, comma-separated: {','.join(ROWS)}")
     p.add_argument("--compile_limit", type=int, default=120, help="seconds for the compile_decode() row")
     p.add_argument("--demo_minutes", type=float, default=0.5, help="the demo row's --max_minutes")
+    p.add_argument("--profile", metavar="DIR", help="profile the train rows and the graph decode into DIR")
     p.add_argument("--row", help=argparse.SUPPRESS)  # one row, its result as JSON (the compile_decode child)
     args = p.parse_args()
     args.kind = torch.device(args.device).type
     args.compile = not (args.quick and args.kind == "cpu")  # a cold compile on a small CPU takes minutes
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
     tune_process(args.kind)
     if args.row == "gen_compiled":
         print(json.dumps(generate_tok_s(args, compiled=True)))
