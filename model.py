@@ -527,16 +527,17 @@ class _LMHeadLoss(torch.autograd.Function):
             p = logp.exp_()
             p.scatter_add_(1, t, -v[:, None].float())
             chunk.copy_(p)
-        grad.index_fill_(0, (~valid).nonzero()[:, 0], 0)  # ignored targets: no gradient
         ctx.n = valid.sum().clamp(min=1)
-        ctx.save_for_backward(x_in, w_in, grad)
+        ctx.save_for_backward(x_in, w_in, grad, valid)
         ctx.dtypes = x.dtype, weight.dtype
         return loss / ctx.n
 
     @staticmethod
     def backward(ctx, grad_loss):
-        x_in, w_in, grad = ctx.saved_tensors
-        scale = (grad_loss / ctx.n).to(x_in.dtype)  # one number: applied to the small operands
+        x_in, w_in, grad, valid = ctx.saved_tensors
+        # a number per row, applied to the small operands: 0 for ignored targets, whose rows of grad are
+        # never cleared (that would be a pass over the (N, vocab) gradient, and finding them a host sync)
+        scale = torch.where(valid, grad_loss / ctx.n, 0.0)[:, None].to(x_in.dtype)
         grad_x = (grad @ w_in) * scale
         grad_w = grad.t() @ (x_in * scale)
         return grad_x.to(ctx.dtypes[0]), grad_w.to(ctx.dtypes[1]), None, None

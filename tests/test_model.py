@@ -69,6 +69,25 @@ def test_training_loss_matches_cross_entropy(dtype):
     assert loss.item() == 0 and all(not g.any() for g in grads)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a host sync only stalls a GPU")
+def test_cuda_training_loss_never_waits_on_the_gpu():
+    """The fused loss's forward and backward, ignored targets included, never make the host wait for
+    the GPU (which would leave the GPU idle while the host then queues the backward)."""
+    model = tiny(vocab_size=1000).cuda().train()
+    idx = torch.randint(0, 1000, (3, 16), device="cuda")
+    targets = idx.roll(-1, 1)
+    targets[0, :5] = -1
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a syncing op raises
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = model(idx, targets)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
+
+
 def test_causal_attention_is_sdpa():
     """The plain-matmul attention used for bf16 on CPU computes what SDPA's causal kernel does (to
     float32 rounding: the kernels sum in other orders, and differently on each instruction set)."""
