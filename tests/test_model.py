@@ -279,6 +279,23 @@ def test_cuda_graph_decode_equals_eager(dtype):
         assert_same_greedy(uncached, graph, min_steps=30)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a host sync only stalls a GPU")
+def test_cuda_graph_decode_never_waits_on_the_gpu():
+    """Once its graph is captured, generate() samples on the GPU without a host sync, past
+    block_size too: the one a caller makes to read each token (to stream text) is the only one."""
+    model = tiny().cuda()
+    model.static_decode(graph=True)
+    idx = torch.randint(0, 65, (1, 5), device="cuda")
+    list(model.generate(idx, 2))  # the capture (which syncs)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a syncing op raises
+    try:
+        tokens = list(model.generate(idx, 40, temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.2))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(tokens) == 40 and all(0 <= t.item() < 65 for t in tokens)
+
+
 def test_top_k_1_and_tiny_top_p_are_greedy():
     model = tiny()
     idx = torch.randint(0, 65, (2, 4))
