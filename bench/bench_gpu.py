@@ -141,8 +141,10 @@ def profile(args, name, fn, calls):
     wall = time.perf_counter() - t0
     events = prof.key_averages()
     by = "self_device_time_total" if cuda else "self_cpu_time_total"
-    # on the GPU the kernels' own times add up to how long it computed; the rest of the wall time it waited
-    busy = sum(getattr(e, by) for e in events) / 1e6 / wall
+    # on the GPU the kernels' (and copies') own times add up to how long it computed, the rest of the
+    # wall time it waited; the CPU ops that launched them hold the same time again, so not them
+    busy = sum(getattr(e, by) for e in events if not cuda or e.device_type == torch.autograd.DeviceType.CUDA
+               and not getattr(e, "is_user_annotation", False)) / 1e6 / wall
     loss = sum(e.device_time_total if cuda else e.cpu_time_total for e in events if e.key.startswith("_LMHeadLoss"))
     note = (f"{wall / calls * 1000:.1f} ms a call under the profiler, the "
             f"{'GPU busy' if cuda else 'ops (self CPU time)'} {busy * 100:.0f}% of it")
