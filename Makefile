@@ -12,8 +12,10 @@ endif
 DEMO_DATA ?= $(wildcard $(SHARED)/data/dailydialog/dialogues_validation.txt)
 # Beside ../shared the demo's 1,000 DailyDialog dialogues are mixed with other short dialogues and web
 # text in its BPE (config/train_chat_demo.py); else its official train + validation splits (not test)
-# are downloaded and trained on alone.
-DEMO_EXTRAS := $(if $(wildcard $(SHARED)/data/webtext),yes)
+# are downloaded and trained on alone. It is trained on alone too when a part of the mixture is missing.
+DEMO_PARTS := webtext chatterbot_corpus/english reddit/RC_2005-12.zst \
+	taskmaster4/TM-4-2024_data_00.json tinyshakespeare/input.txt
+DEMO_EXTRAS := $(if $(filter $(words $(DEMO_PARTS)),$(words $(wildcard $(addprefix $(SHARED)/data/,$(DEMO_PARTS))))),yes)
 DTYPE ?=
 
 .PHONY: demo test
