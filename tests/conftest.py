@@ -1,5 +1,6 @@
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,15 @@ def assert_same_greedy(ref, other, min_steps, clear=1e-4):
             if k < n else "the other path stopped there")
         assert tokens[row, :k].tolist() == ref_tokens[row, :k].tolist(), f"row {row} differs before step {k}"
         assert_close_logits(logits[row, :k + 1], ref_logits[row, :k + 1])  # step k too: the same context
+
+
+@contextmanager
+def no_host_sync():
+    """Inside it, any CUDA op that makes the host wait for the GPU raises (after a sync to start clean)."""
+    import torch
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
