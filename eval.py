@@ -19,7 +19,6 @@ from json import dumps
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm  # a progress line on a terminal only
 
 import chat
@@ -53,9 +52,7 @@ def score(model, tokens, roles, token_bytes, block_size, batch_size, ctx, device
             window = torch.from_numpy(tokens[s:s + block_size + 1].astype(np.int64))
             x[row, :len(window) - 1], y[row, :len(window) - 1] = window[:-1], window[1:]
         with torch.no_grad(), ctx:
-            logits, _ = model(x.to(device), y.to(device))
-        losses = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), ignore_index=-1,
-                                 reduction='none').cpu().numpy()
+            losses = model(x.to(device), y.to(device), token_losses=True)[1].flatten().cpu().numpy()
         valid = y.flatten().numpy() >= 0
         ids = y.flatten().numpy()[valid]
         losses, nbytes = losses[valid], token_bytes[ids]

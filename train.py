@@ -29,7 +29,6 @@ from dataclasses import asdict
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -76,6 +75,8 @@ token_noise = 0.0  # this share of input tokens swapped for random ids, targets 
 zero_proj = False  # a new model's projections into the residual stream start at 0 (model.GPT)
 bias = False
 rope = False  # rotary position embeddings instead of GPT-2's learnt ones (model.py; exported as GPT-NeoX)
+rope_theta, rope_scale = None, None  # rotary base; positions divided by (context extension); None: the checkpoint's
+doc_mask = False  # attention never crosses an eot, positions restart at each dialogue (model.Documents)
 activation_checkpointing = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 # shard weights, gradients and AdamW state over the ranks (FSDP2, under torchrun). Checkpoints are
 # then sharded too: ckpt.pt names its folder of shards (python export.py --to=x.pt makes one file)
@@ -112,8 +113,9 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 device, device_type, dtype = choose(device, dtype)
 backend = backend or ('nccl' if device_type == 'cuda' else 'gloo')
 compile = device_type == 'cuda' if compile is None else compile
+rope_args = {k: globals()[k] for k in ('rope_theta', 'rope_scale') if globals()[k] is not None}
 try:
-    GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout)
+    GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout, **rope_args)
 except ValueError as e:
     sys.exit(str(e))
 for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters', 'max_nan_steps'):
@@ -194,19 +196,18 @@ if resume or os.path.isfile(init_from):  # one of our checkpoints
     ckpt = checkpoint.load_start(ckpt_path, datasets[0], resume, fsdp)
     # its architecture, whatever the config says; dropout is a training choice. Shards are read
     # below, once the model is laid out (sharded or not) as this run lays it out
-    ckpt['model_args'] = {**ckpt['model_args'], 'dropout': dropout}
+    ckpt['model_args'] = {**ckpt['model_args'], 'dropout': dropout, **({} if resume else rope_args)}
     model = GPT.from_checkpoint(ckpt) if 'model' in ckpt else GPT(GPTConfig(**ckpt['model_args']))
 elif init_from == 'scratch':
     vocab_size = math.ceil(meta['vocab_size'] / 64) * 64  # padded for faster matmuls; extra ids never occur
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                          n_embd=n_embd, dropout=dropout, bias=bias, rope=rope), zero_proj=zero_proj)
+                          n_embd=n_embd, dropout=dropout, bias=bias, rope=rope, **rope_args), zero_proj=zero_proj)
 else:  # OpenAI's GPT-2 weights
     model = GPT.from_pretrained(init_from, dropout=dropout)
-if not resume:  # a new run: the weights fit our block_size
-    if block_size > model.config.block_size:
+if not resume:  # a new run: the weights fit our block_size (a rope model's window may grow: context extension)
+    if block_size > model.config.block_size and not model.config.rope:
         sys.exit(f"block_size {block_size} is larger than {init_from}'s {model.config.block_size}")
-    if block_size < model.config.block_size:
-        model.crop_block_size(block_size)
+    model.set_block_size(block_size)
 model.activation_checkpointing = activation_checkpointing
 model_args = asdict(model.config)
 if meta['vocab_size'] > model_args['vocab_size']:
@@ -274,11 +275,10 @@ def estimate_loss(model):
         acc = torch.zeros(6, device=device)
         for k in range(rank, eval_iters + (-eval_iters) % world_size, world_size):
             x, y, roles = get_batch(split, -1, k, source)  # step -1: never a training batch
-            with ctx:
-                logits, _ = model(x, y)
+            with ctx:  # no (B, T, vocab) logits: scored in blocks of rows
+                _, losses = model(x, y, token_losses=True, eot=eot if doc_mask else None)
             if k >= eval_iters:
                 continue  # a forward only to match the other ranks' count: FSDP's need all of them
-            losses = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction='none').view_as(y)
             trained = chat.trained_targets(train_on, y, roles, eot)
             for i, mask in enumerate((trained, *chat.speaker_masks(roles).values())):
                 acc[2 * i:2 * i + 2] += torch.stack((torch.where(mask, losses, 0.0).sum(), mask.sum()))
@@ -397,7 +397,7 @@ while True:
             model.set_requires_gradient_sync(last)
         with ddp_model.no_sync() if ddp and not fsdp and not last else nullcontext():
             with ctx:
-                _, loss = ddp_model(x, y)  # the mean over this micro-batch's trained targets
+                _, loss = ddp_model(x, y, eot=eot if doc_mask else None)  # the mean over this micro-batch's trained targets
             loss = loss * n  # their sum (lm_head_loss's mean over none is 0)
             if faults.get('nan') == iter_num + 1 and rank == world_size - 1 and micro == 0:
                 loss = loss * float('nan')

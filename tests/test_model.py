@@ -377,16 +377,16 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
         checkpoint.load(tmp_path / "missing.pt")
 
 
-def test_crop_block_size():
+def test_set_block_size():
     model = tiny(block_size=32)
     idx = torch.randint(0, 65, (1, 8))
     before = model(idx, idx)[0]
-    model.crop_block_size(16)
+    model.set_block_size(16)
     assert model.transformer.wpe.weight.shape == (16, 32)
     assert torch.allclose(model(idx, idx)[0], before)
     model = tiny(block_size=32, rope=True)
     before = model(idx, idx)[0]
-    model.crop_block_size(16)
+    model.set_block_size(16)
     assert torch.allclose(model(idx, idx)[0], before)
     with pytest.raises(AssertionError, match="block_size"):
         model(torch.zeros(1, 17, dtype=torch.long))
