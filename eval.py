@@ -7,12 +7,18 @@ fairly), the same for each role (A's turns, B's, the context block) and the spee
     python eval.py --out_dir=out-chat                                 # the val split of its dataset
     python eval.py --out_dir=out-chat --dataset=data/dailydialog_test --split=train
     python eval.py --out_dir=out-chat --dataset=data/dailydialog_test --split=train --json
+    python eval.py --out_dir=out-chat --passkey=1000,4000,16000,30000   # does it remember? (passkey.py)
 
 Bytes are the UTF-8 bytes of the rendered text the predicted tokens stand for; an eot counts as 0
 bytes (its loss still counts). bits/byte = (sum of the losses in nats) / ln 2 / bytes.
+
+--passkey: instead, for each distance (in tokens between the key and the question), the share of
+passkey_trials dialogues whose 5-digit key the model's greedy answer repeats exactly, and of its
+digits in place. The answer is read among the tokens that spell digits: chance is 10% a digit.
 """
 import math
 import os
+import random
 import sys
 import time
 from json import dumps
@@ -23,8 +29,9 @@ from tqdm import tqdm  # a progress line on a terminal only
 
 import chat
 import checkpoint
-from machine import autocast, choose
-from model import GPT
+import passkey as probe
+from machine import DTYPES, autocast, choose
+from model import GPT, KVCache
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'         # where train.py wrote ckpt.pt
@@ -35,6 +42,9 @@ batch_size = 8          # windows per forward
 device = None           # default: the best there is
 dtype = None            # default: as sample.py (fp32 on CPUs, so scores do not depend on bf16 support)
 json = False            # one JSON object instead of the table
+passkey = ''            # distances in tokens, e.g. '1000,4000,16000,30000': the passkey table instead
+passkey_trials = 20     # dialogues per distance
+seed = 1337             # of the passkey dialogues
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
@@ -63,6 +73,30 @@ def score(model, tokens, roles, token_bytes, block_size, batch_size, ctx, device
     return sums, time.time() - t0
 
 
+@torch.no_grad()
+def passkey_scores(model, tok, distance, trials, ctx, cache_dtype, device):
+    """(exact share, per-digit share) of the greedy answers to trials passkey dialogues with the key
+    distance tokens before the question; None if they do not fit the model's window."""
+    rng = random.Random(seed * 100003 + distance)  # the same dialogues for every model
+    allowed = torch.tensor(probe.digit_tokens(tok, model.config.vocab_size), device=device)
+    exact = digits = 0
+    for _ in range(trials):
+        key = probe.new_key(rng)
+        turns = probe.dialogue(key, probe.filler(rng, distance, lambda text: len(tok.encode(text))))
+        x = torch.tensor([chat.reply_prompt(tok, turns[:-1]) + tok.encode(' ' + probe.ANSWER)], device=device)
+        if x.size(1) + len(key) > model.config.block_size:
+            return None
+        cache, answer = KVCache(model.config, 1, cache_dtype, device), ''
+        while len(answer) < len(key):  # each token one digit or more
+            with ctx:
+                logits = model(x, kv_cache=cache)[0][0, -1]
+            x = allowed[logits[allowed].argmax()].view(1, 1)
+            answer += tok.decode([x.item()]).strip()
+        exact += answer[:len(key)] == key
+        digits += sum(a == b for a, b in zip(answer, key))
+    return exact / trials, digits / (len(key) * trials)
+
+
 if __name__ == '__main__':
     device, device_type, dtype = choose(device, dtype, generating=True)
     path = os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from
@@ -74,6 +108,17 @@ if __name__ == '__main__':
         checkpoint.gather_shards(ckpt, path)
     model = GPT.from_checkpoint(ckpt).eval().to(device)
     tok = chat.load_tokenizer(ckpt['meta'])
+    if passkey:
+        rows = {d: passkey_scores(model, tok, d, passkey_trials, autocast(device_type, dtype), DTYPES[dtype], device)
+                for d in (int(d) for d in str(passkey).split(','))}
+        if json:
+            print(dumps({'checkpoint': path, 'block_size': model.config.block_size, 'passkey': rows}))
+            sys.exit()
+        print(f"{path} (iter {ckpt['iter_num']}, block_size {model.config.block_size}): passkey, "
+              f"{passkey_trials} dialogues per distance\n| distance | exact | per digit |\n|---|---|---|")
+        for d, r in rows.items():
+            print(f"| {d:,} | " + (f"{r[0]:.0%} | {r[1]:.0%} |" if r else "longer than the window | |"))
+        sys.exit()
     [data] = chat.open_datasets(dataset or ckpt['config']['dataset'].split(',')[0],
                                 os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data'))
     if chat.tokenizer_key(data.meta['tokenizer']) != chat.tokenizer_key(ckpt['meta']['tokenizer']):

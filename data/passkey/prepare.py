@@ -1,0 +1,51 @@
+"""
+Synthetic passkey dialogues (passkey.py) -> A:/B: dialogue shards: a small set on which a tiny model
+learns to retrieve a key stated earlier in the dialogue, before it is extended to a longer window.
+
+    python data/passkey/prepare.py --tokenizer char                                 # 4,000 dialogues, filler up to 400 chars
+    python data/passkey/prepare.py --tokenizer char --dialogues 2000 --max_filler 3500 --out_dir data/passkey_4k
+
+The dialogues are written first to raw/passkey_<dialogues>_<max_filler>_<seed>.jsonl (one JSON list
+of turns a line, the same for the same settings), which is then the prepare's input. The filler
+between the key and the question is uniform in [0, max_filler] characters.
+"""
+import json
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import passkey
+from chat import Dialogue
+from shards import prepare, prepare_parser, read_lines
+
+RAW = Path(__file__).resolve().parent / "raw"
+
+
+def generate(dialogues, max_filler, seed):
+    path = RAW / f"passkey_{dialogues}_{max_filler}_{seed}.jsonl"
+    if not path.exists():
+        rng = random.Random(seed)
+        RAW.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            for _ in range(dialogues):
+                turns = passkey.dialogue(passkey.new_key(rng), passkey.filler(rng, rng.randint(0, max_filler)))
+                print(json.dumps(turns), file=f)
+        tmp.rename(path)
+    return str(path)
+
+
+def read_dialogues(paths, report):
+    for path in paths:
+        for _, line in read_lines(path, report):
+            yield Dialogue(json.loads(line))
+
+
+if __name__ == "__main__":
+    parser = prepare_parser(__doc__)
+    parser.add_argument("--dialogues", type=int, default=4000, help="dialogues to generate")
+    parser.add_argument("--max_filler", type=int, default=400, help="most characters between the key and the question")
+    args = parser.parse_args()
+    args.inputs = args.inputs or [generate(args.dialogues, args.max_filler, args.seed)]
+    prepare(args, read_dialogues, __file__)

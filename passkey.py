@@ -1,0 +1,41 @@
+"""
+The passkey probe (needle in a haystack): A states a random 5-digit key at the start of a dialogue,
+filler turns follow, then A asks for the key and B's reply must repeat it. data/passkey/prepare.py
+trains on these dialogues and eval.py --passkey scores a model on them: both build them here.
+
+    A: The pass key is 58213. Remember it.   B: OK.   A: The grass is green. ...   B: ...
+    A: What is the pass key?   B: The pass key is 58213.
+"""
+import re
+
+import chat
+
+FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
+QUESTION = "What is the pass key?"
+ANSWER = "The pass key is"  # B's reply starts so; the key follows
+
+
+def new_key(rng):
+    return f"{rng.randrange(10**5):05d}"
+
+
+def dialogue(key, filler):
+    """The turns: the key and B's "OK.", the filler turns (A's and B's, in pairs), the question and B's answer."""
+    return [f"{ANSWER} {key}. Remember it.", "OK.", *filler, QUESTION, f"{ANSWER} {key}."]
+
+
+def filler(rng, distance, length=len):
+    """Filler turns, two at a time (so A asks the question), whose rendered text with B's "OK."
+    reaches distance, as length measures it (characters, or a tokenizer's tokens)."""
+    turns, size = [], length(chat.turn_text(chat.LABELS[1], "OK."))
+    while size < distance:
+        for label in chat.LABELS:
+            turns.append(" ".join(rng.choice(FILLER) for _ in range(rng.randint(1, 3))))
+            size += length(chat.turn_text(label, turns[-1]))
+    return turns
+
+
+def digit_tokens(tok, vocab_size):
+    """The ids that spell only digits (after an optional space): the answer is read among these,
+    so a model that has not learnt the format still answers a number (chance: 10% a digit)."""
+    return [i for i in range(min(tok.vocab_size, vocab_size)) if i != tok.eot and re.fullmatch(r" ?[0-9]+", tok.decode([i]))]

