@@ -5,6 +5,8 @@ nanoGPT-style baseline (the last block_size tokens re-run every token, fp32, nan
 for 256 and 1,024 new tokens after a 1-token prompt; and the time to the first token after a
 200-token prompt. Models: a 4x128 char model (vocab 65) at block 256 and 1,024, and GPT-2 124M
 (fewer tokens: it is slow without the cache). Random weights: speed does not depend on them.
+A long history: the first token after a 16K-token prompt (the prefill) and each one after it, with
+the cache (one step) and without (the whole history re-run), for a 4x128 rope model at block 32K.
 
 dtypes: float32; bfloat16 = fp32 weights under bf16 autocast (what sample.py does);
 bfloat16-weights = the model cast to bf16. Every number is the best of `repeats` runs, and the
@@ -36,6 +38,7 @@ small_blocks = '256,1024'
 small_new_tokens = '256,1024'
 gpt2 = True
 gpt2_new_tokens = '64,256'  # uncached, 124M re-runs up to 256 tokens per token: minutes
+history = 16384  # tokens of history for the long-window row (0: skip it)
 seed = 1337
 exec(open(os.path.join(ROOT, 'configurator.py')).read())
 
@@ -126,3 +129,12 @@ if gpt2:
     header(gpt2_new)
     bench('GPT-2 124M, block 1024', dict(vocab_size=50304, n_layer=12, n_head=12, n_embd=768,
                                          block_size=1024), gpt2_new)
+if history:
+    model = GPT(GPTConfig(vocab_size=65, n_layer=4, n_head=4, n_embd=128, block_size=2 * history, rope=True,
+                          dropout=0.0)).to(device).eval()
+    print(f"| {history:,}-token history, 4x128 rope, block {2 * history:,}, float32 | first token s | "
+          f"ms per token after it | load |\n|---|---|---|---|")
+    for path, n in (('cached', 32), ('uncached', 3)):  # uncached: every token re-runs the history
+        first, tps = timed(path, model, nullcontext(), history, n)
+        print(f"| {path} | {first:.2f} | {(n / tps - first) / (n - 1) * 1000:,.1f} | {os.getloadavg()[0]:.1f} |",
+              flush=True)
