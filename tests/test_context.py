@@ -5,12 +5,15 @@ retrieves from one that does not."""
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import chat
 import model as model_module
+import passkey
 from conftest import ROOT, assert_close_logits
 from model import GPT, GPTConfig, causal_attention
 from test_train import assert_same_weights, load, train, write_tiny_dataset
@@ -120,3 +123,40 @@ def test_extended_checkpoint_trains_resumes_exactly_and_samples(tmp_path):
     p = subprocess.run([sys.executable, "eval.py", f"--out_dir={tmp_path / 'long'}", f"--dataset={data}", "--json"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and json.loads(p.stdout)["all"]["tokens"] > 0, p.stderr
+
+
+def passkey_checkpoint(path, model, tok):
+    meta = {"tokenizer": tok.spec, "vocab_size": tok.vocab_size, "dtype": "uint16", "eot": tok.eot}
+    torch.save({"model": model.state_dict(), "model_args": asdict(model.config), "meta": meta, "iter_num": 0,
+                "config": {"dataset": "passkey"}}, path)
+
+
+def passkey_eval(path, distances, trials=20):
+    p = subprocess.run([sys.executable, "eval.py", f"--init_from={path}", "--device=cpu", f"--passkey={distances}",
+                        f"--passkey_trials={trials}", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return {int(d): r for d, r in json.loads(p.stdout)["passkey"].items()}
+
+
+def test_passkey_of_a_random_model_is_chance(tmp_path):
+    """Untrained, the greedy answer among digit tokens matches no key, and a tenth of the digits;
+    a distance past the window is reported as such."""
+    tok = chat.CharTokenizer("".join(passkey.dialogue("0123456789", passkey.FILLER)) + "AB: \n")
+    model = GPT(GPTConfig(block_size=512, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32, rope=True))
+    passkey_checkpoint(tmp_path / "random.pt", model, tok)
+    scores = passkey_eval(tmp_path / "random.pt", "30,200,1000", trials=20)
+    (exact, digits), (exact_far, digits_far) = scores[30], scores[200]
+    assert exact == exact_far == 0 and 0.02 < (digits + digits_far) / 2 < 0.2
+    assert scores[1000] is None
+
+
+def test_extended_rope_exports_as_linear_rope_scaling(tmp_path):
+    """transformers' GPT-NeoX with linear rope scaling and our base computes what the extended model does."""
+    transformers = pytest.importorskip("transformers", reason="transformers not installed (HF parity tests)")
+    ours = tiny(block_size=16, vocab_size=97, rope_scale=4.0, rope_theta=500.0)
+    ours.set_block_size(64)
+    ours.export_hf(tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    idx = torch.randint(0, 97, (2, 64))
+    with torch.no_grad():
+        assert_close_logits(hf(idx).logits, ours(idx, idx)[0])

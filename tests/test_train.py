@@ -428,7 +428,7 @@ def test_init_from_a_local_gpt2_folder(runs):
     ckpt = load(tmp / "ft" / "ckpt.pt")
     assert ckpt["iter_num"] == 2
     assert ckpt["model_args"] == dict(block_size=32, vocab_size=40, n_layer=1, n_head=2, n_embd=16,
-                                      dropout=0.0, bias=True, rope=False)
+                                      dropout=0.0, bias=True, rope=False, rope_theta=10000.0, rope_scale=1.0)
     assert ckpt["config"]["n_embd"] == 16 and ckpt["config"]["n_layer"] == 1  # what was trained
 
 
