@@ -35,9 +35,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import chat
 import checkpoint
+from dataset import open_datasets
 from machine import (Budget, StopRequest, autocast, choose, duration, inject_faults, join_torchrun, peak_flops,
                      read_faults, tune_process)
 from model import GPT, GPTConfig
+from tokenizer import load_tokenizer
 
 # -----------------------------------------------------------------------------
 # default config: a small char-level model that trains on a laptop CPU
@@ -159,7 +161,7 @@ tune_process(device_type)
 ctx = autocast(device_type, dtype)
 
 # data: the token and role memmaps of both splits of each dataset of the mixture
-datasets = chat.open_datasets(dataset, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data'))
+datasets = open_datasets(dataset, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data'))
 meta = datasets[0].meta  # the one checkpoints keep: sample.py rebuilds the tokenizer from it
 mix = torch.tensor([d.weight for d in datasets])
 eot = meta['eot']
@@ -344,7 +346,7 @@ if wandb_log and master:
     wandb_id = wandb.init(project=wandb_project, name=wandb_run_name, config=config, id=wandb_id,
                           resume='allow' if wandb_id else None).id
 run_log = checkpoint.open_log(out_dir, iter_num if resume else 0) if master else None
-tok = chat.load_tokenizer(meta) if eval_sample else None
+tok = load_tokenizer(meta) if eval_sample else None
 flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
 peak = peak_flops(device, dtype)  # None where no true peak is known (CPUs): no MFU then
 start_iter, nan_steps, skipped, steps_timed, eval_seconds = iter_num, 0, 0, 0, 0.0

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import chat
+import tokenizer
 import machine
 from model import GPT, GPTConfig
 
@@ -32,7 +33,7 @@ def write_tiny_dataset(data_dir, seed=0, words_a=(2, 6), words_b=(2, 6), alphabe
     """A few hundred made-up dialogues, rendered by chat.render and written as raw shard files."""
     rng = random.Random(seed)
     words = "hello hi how are you fine thanks what about the weather today good bad sunny rain".split()
-    tok = chat.CharTokenizer(alphabet)
+    tok = tokenizer.CharTokenizer(alphabet)
     data_dir.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", 300), ("val", 30)):
         tokens, roles = [], []
