@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import chat
-import tokenizer
 import server
+import tokenizer
 from conftest import ROOT
 from test_sample import MAX_NEW, overfit  # noqa: F401 (a fixture)
 
