@@ -30,8 +30,10 @@ from tqdm import tqdm  # a progress line on a terminal only
 import chat
 import checkpoint
 import passkey as probe
+from dataset import open_datasets
 from machine import DTYPES, autocast, choose
 from model import GPT, KVCache
+from tokenizer import load_tokenizer, tokenizer_key
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'         # where train.py wrote ckpt.pt
@@ -107,7 +109,7 @@ if __name__ == '__main__':
     if 'shards' in ckpt:
         checkpoint.gather_shards(ckpt, path)
     model = GPT.from_checkpoint(ckpt).eval().to(device)
-    tok = chat.load_tokenizer(ckpt['meta'])
+    tok = load_tokenizer(ckpt['meta'])
     if passkey:
         rows = {d: passkey_scores(model, tok, d, passkey_trials, autocast(device_type, dtype), DTYPES[dtype], device)
                 for d in (int(d) for d in str(passkey).split(','))}
@@ -119,9 +121,9 @@ if __name__ == '__main__':
         for d, r in rows.items():
             print(f"| {d:,} | " + (f"{r[0]:.0%} | {r[1]:.0%} |" if r else "longer than the window | |"))
         sys.exit()
-    [data] = chat.open_datasets(dataset or ckpt['config']['dataset'].split(',')[0],
+    [data] = open_datasets(dataset or ckpt['config']['dataset'].split(',')[0],
                                 os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data'))
-    if chat.tokenizer_key(data.meta['tokenizer']) != chat.tokenizer_key(ckpt['meta']['tokenizer']):
+    if tokenizer_key(data.meta['tokenizer']) != tokenizer_key(ckpt['meta']['tokenizer']):
         sys.exit(f"error: {data.dir} was encoded with another tokenizer than {path} was trained on")
     if split not in data.splits or len(data.splits[split][0]) < 2:
         sys.exit(f"error: {data.dir} has no {split!r} split with tokens to score")

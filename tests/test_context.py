@@ -17,6 +17,7 @@ import passkey
 from conftest import ROOT, assert_close_logits
 from model import GPT, GPTConfig, causal_attention
 from test_train import assert_same_weights, load, train, write_tiny_dataset
+from tokenizer import CharTokenizer
 
 EOT = 64
 
@@ -141,7 +142,7 @@ def passkey_eval(path, distances, trials=20):
 def test_passkey_of_a_random_model_is_chance(tmp_path):
     """Untrained, the greedy answer among digit tokens matches no key, and a tenth of the digits;
     a distance past the window is reported as such."""
-    tok = chat.CharTokenizer("".join(passkey.dialogue("0123456789", passkey.FILLER)) + "AB: \n")
+    tok = CharTokenizer("".join(passkey.dialogue("0123456789", passkey.FILLER)) + "AB: \n")
     model = GPT(GPTConfig(block_size=512, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32, rope=True))
     passkey_checkpoint(tmp_path / "random.pt", model, tok)
     scores = passkey_eval(tmp_path / "random.pt", "30,200,1000", trials=20)

@@ -17,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import passkey
 from chat import Dialogue
-from shards import prepare, prepare_parser, read_lines
+from prepare_cli import prepare, prepare_parser
+from readers import read_lines
 
 RAW = Path(__file__).resolve().parent / "raw"
 
