@@ -3,6 +3,7 @@ F.cross_entropy, --doc_mask equals each dialogue on its own, a rope checkpoint e
 window (rope_scale) trains, resumes exactly and samples, and the passkey probe tells a model that
 retrieves from one that does not."""
 import json
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -11,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import chat
 import model as model_module
 import passkey
 from conftest import ROOT, assert_close_logits
+from dataset import load_meta, open_split
 from model import GPT, GPTConfig, causal_attention
 from test_train import assert_same_weights, load, train, write_tiny_dataset
-from tokenizer import CharTokenizer
+from tokenizer import CharTokenizer, load_tokenizer
 
 EOT = 64
 
@@ -161,3 +162,22 @@ def test_extended_rope_exports_as_linear_rope_scaling(tmp_path):
     idx = torch.randint(0, 97, (2, 64))
     with torch.no_grad():
         assert_close_logits(hf(idx).logits, ours(idx, idx)[0])
+
+
+def test_passkey_prepare_writes_the_probe_dialogues(tmp_path):
+    """data/passkey/prepare.py: every dialogue states a key and ends with B repeating it, the same set
+    for the same settings."""
+    cmd = [sys.executable, "data/passkey/prepare.py", "--tokenizer=char", "--dialogues=40", "--max_filler=100",
+           f"--out_dir={tmp_path}"]
+    subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
+    meta = load_meta(tmp_path)
+    tok = load_tokenizer(meta)
+    text = "".join(tok.decode(open_split(tmp_path, split, meta)[0].tolist()) for split in ("train", "val"))
+    keys = re.findall(r"A: The pass key is (\d{5})\. Remember it\.\n\n\nB: OK\.\n\n\n", text)
+    answers = re.findall(r"A: What is the pass key\?\n\n\nB: The pass key is (\d{5})\.\n\n\n", text)
+    assert len(keys) == 40 and sorted(keys) == sorted(answers) and len(set(keys)) > 30
+    [raw] = (tmp_path / "raw").iterdir()
+    generated = raw.read_text()
+    raw.unlink()
+    subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
+    assert raw.read_text() == generated

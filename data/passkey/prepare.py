@@ -5,8 +5,8 @@ learns to retrieve a key stated earlier in the dialogue, before it is extended t
     python data/passkey/prepare.py --tokenizer char                                 # 4,000 dialogues, filler up to 400 chars
     python data/passkey/prepare.py --tokenizer char --dialogues 2000 --max_filler 3500 --out_dir data/passkey_4k
 
-The dialogues are written first to raw/passkey_<dialogues>_<max_filler>_<seed>.jsonl (one JSON list
-of turns a line, the same for the same settings), which is then the prepare's input. The filler
+The dialogues are written first to <out_dir>/raw/passkey_<dialogues>_<max_filler>_<seed>.jsonl (one
+JSON list of turns a line, the same for the same settings), which is then the prepare's input. The filler
 between the key and the question is uniform in [0, max_filler] characters.
 """
 import json
@@ -20,14 +20,12 @@ from chat import Dialogue
 from prepare_cli import prepare, prepare_parser
 from readers import read_lines
 
-RAW = Path(__file__).resolve().parent / "raw"
 
-
-def generate(dialogues, max_filler, seed):
-    path = RAW / f"passkey_{dialogues}_{max_filler}_{seed}.jsonl"
+def generate(raw, dialogues, max_filler, seed):
+    path = raw / f"passkey_{dialogues}_{max_filler}_{seed}.jsonl"
     if not path.exists():
         rng = random.Random(seed)
-        RAW.mkdir(exist_ok=True)
+        raw.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w") as f:
             for _ in range(dialogues):
@@ -48,5 +46,6 @@ if __name__ == "__main__":
     parser.add_argument("--dialogues", type=int, default=4000, help="dialogues to generate")
     parser.add_argument("--max_filler", type=int, default=400, help="most characters between the key and the question")
     args = parser.parse_args()
-    args.inputs = args.inputs or [generate(args.dialogues, args.max_filler, args.seed)]
+    raw = Path(args.out_dir or Path(__file__).resolve().parent) / "raw"
+    args.inputs = args.inputs or [generate(raw, args.dialogues, args.max_filler, args.seed)]
     prepare(args, read_dialogues, __file__)
