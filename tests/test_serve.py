@@ -20,7 +20,7 @@ import torch
 import chat
 import server
 from conftest import ROOT
-from test_sample import MAX_NEW, overfit  # noqa: F401 (a fixture)
+from test_sample import MAX_NEW, ONE_SHOT, overfit  # noqa: F401 (a fixture)
 
 HELLO = [{"role": "user", "content": "hello"}]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -38,7 +38,7 @@ def served(overfit):
         line = process.stdout.readline()  # "serving ... and POST http://127.0.0.1:PORT/chat"
         assert line.startswith("serving"), f"sample.py --serve did not start: {line!r}"
         tok = chat.load_tokenizer(torch.load(overfit.path, weights_only=True)["meta"])
-        yield SimpleNamespace(url=line.split()[-1].removesuffix("/chat"), tok=tok)
+        yield SimpleNamespace(url=line.split()[-1].removesuffix("/chat"), tok=tok, name=overfit.path.name)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -115,7 +115,8 @@ def test_openai_fields(overfit, served):
 
     def ask(**fields):
         """(text, finish reason, usage), the same streamed and not."""
-        body = {"messages": HELLO, "unknown field": [1], **fields}
+        body = {"messages": HELLO, "user": "someone", "metadata": {"a": "b"}, "response_format": {"type": "text"},
+                **fields}  # fields that change nothing here are taken
         status, done = post(url, body)
         assert status == 200, done
         choice = done["choices"][0]
@@ -124,11 +125,15 @@ def test_openai_fields(overfit, served):
             (choice["message"]["content"], choice["finish_reason"], done["usage"])
         return choice["message"]["content"], choice["finish_reason"], done["usage"]
 
-    reply = overfit.reply("hello")  # B's turn as the model writes it (chat.Reply's text)
-    assert len(reply.strip()) >= 4
-    stop = reply.strip()[2:4]
-    assert ask(stop=stop)[:2] == (chat.normalize(reply[:reply.find(stop)]), "stop")
+    reply = answer(overfit, "hello")  # B's turn as the client sees it: stop strings match this text
+    assert len(reply) >= 4 and " " in reply
+    stop = reply[2:4]
+    assert ask(stop=stop)[:2] == (reply[:reply.find(stop)].rstrip(), "stop")
     assert ask(stop=["zzz", stop]) == ask(stop=stop)
+    # the model's text starts with a space (after "B:"), the client's does not: no stop string matches there
+    assert ask(stop=" ")[:2] == (reply[:reply.find(" ")], "stop")
+    cut = reply.find(" " + reply[0])
+    assert ask(stop=[" " + reply[0]])[0] == (reply[:cut] if cut > 0 else reply)
     text, finish, usage = ask(max_tokens=3)
     assert finish == "length" and usage["completion_tokens"] == 3 and answer(overfit, "hello").startswith(text)
     assert ask(max_tokens=10 ** 9)[0] == answer(overfit, "hello")
@@ -142,6 +147,97 @@ def test_openai_fields(overfit, served):
     assert joined == (200, {"reply": ask(messages=messages)[0]})
 
 
+def test_n_choices_and_their_logprobs(overfit, served):
+    from openai import OpenAI
+    client = OpenAI(base_url=served.url + "/v1", api_key="unused")
+    two = client.chat.completions.create(model="x", messages=HELLO, n=2, temperature=3.0, seed=5, max_tokens=8)
+    assert [c.index for c in two.choices] == [0, 1] and two.usage.completion_tokens <= 16
+    # choice i is what seed + i gives alone
+    for i, choice in enumerate(two.choices):
+        one = client.chat.completions.create(model="x", messages=HELLO, temperature=3.0, seed=5 + i, max_tokens=8)
+        assert one.choices[0].message.content == choice.message.content
+
+    done = client.chat.completions.create(model="x", messages=HELLO, temperature=0, logprobs=True, top_logprobs=3)
+    content = done.choices[0].logprobs.content
+    assert "".join(t.token for t in content).strip() == answer(overfit, "hello")
+    for t in content:  # greedy: the token taken is the most likely one, and the alternatives are sorted
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token
+        assert t.top_logprobs[0].logprob == t.logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob
+    streamed_ = client.chat.completions.create(model="x", messages=HELLO, temperature=0, logprobs=True, stream=True)
+    tokens = [t.token for c in streamed_ if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert tokens == [t.token for t in content]
+
+
+def test_completions_and_their_logprobs_are_evals(overfit, served):
+    """/v1/completions: a raw continuation, streamed and not; echo with logprobs scores the prompt
+    with the log-probabilities eval.py sums (the cross-entropy of model(x, y)'s logits)."""
+    from openai import OpenAI
+    client = OpenAI(base_url=served.url + "/v1", api_key="unused")
+    text, expected = ONE_SHOT, overfit.run_on[:MAX_NEW]  # a char model: a token a character
+    done = client.completions.create(model="x", prompt=text, max_tokens=MAX_NEW, temperature=0)
+    assert done.choices[0].text == expected and done.choices[0].finish_reason == "length"
+    assert done.usage.prompt_tokens == len(chat.encode_prompt(served.tok, text))
+    pieces = [c.choices[0].text for c in client.completions.create(model="x", prompt=text, max_tokens=MAX_NEW,
+                                                                     temperature=0, stream=True)]
+    assert "".join(pieces) == expected and len(pieces) > 2
+
+    scored = client.completions.create(model="x", prompt=text, max_tokens=0, echo=True, logprobs=2)
+    choice = scored.choices[0]
+    assert choice.text == text and "".join(choice.logprobs.tokens) == text
+    assert choice.logprobs.text_offset == [len("".join(choice.logprobs.tokens[:i])) for i in range(len(text))]
+    tokens = torch.tensor([chat.encode_prompt(served.tok, text)])
+    with torch.no_grad():
+        logits, _ = overfit.model(tokens[:, :-1], tokens[:, 1:])
+    eval_logprobs = -torch.nn.functional.cross_entropy(logits[0], tokens[0, 1:], reduction="none")
+    torch.testing.assert_close(torch.tensor(choice.logprobs.token_logprobs), eval_logprobs, rtol=0, atol=1e-4)
+    assert all(len(top) == 2 and max(top.values()) >= lp for top, lp in
+               zip(choice.logprobs.top_logprobs, choice.logprobs.token_logprobs))
+    both = client.completions.create(model="x", prompt=text, max_tokens=MAX_NEW, temperature=0, echo=True)
+    assert both.choices[0].text == text + expected
+
+
+def test_model_card_and_developer_messages(overfit, served):
+    status, card, _ = request(served.url + "/v1/models/" + served.name)
+    assert status == 200 and card["id"] == served.name
+    status, body, _ = request(served.url + "/v1/models/another")
+    assert status == 404 and body["error"]["code"] == "model_not_found"
+    as_system = post(served.url + "/v1/chat/completions", {"messages": [{"role": "system", "content": "x y"}] + HELLO})
+    as_developer = post(served.url + "/v1/chat/completions", {"messages": [{"role": "developer", "content": "x y"}] + HELLO})
+    assert as_system[1]["choices"][0]["message"] == as_developer[1]["choices"][0]["message"]
+
+
+def test_the_context_length_is_refused_unless_trimming_is_asked_for(overfit, served):
+    """A prompt that fills the window is a 400, not silently cut; trim_history drops the oldest turns;
+    max_tokens beyond the room left is cut to it, and says "length"."""
+    long = {"messages": [{"role": "user", "content": "hello " * 100}]}
+    status, body = post(served.url + "/v1/chat/completions", long)
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded" and body["error"]["param"] == "messages"
+    turns = ["hello", "hi there"] * 20 + ["hello"]
+    messages = [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+    assert post(served.url + "/v1/chat/completions", {"messages": messages})[0] == 400
+    status, body = post(served.url + "/v1/chat/completions", {"messages": messages, "trim_history": True})
+    kept = chat.reply_prompt(served.tok, turns, None, 64 - MAX_NEW)  # as --interactive trims, room for the reply
+    assert status == 200 and body["usage"]["prompt_tokens"] == len(kept) < len(chat.reply_prompt(served.tok, turns))
+    room = 64 - len(chat.reply_prompt(served.tok, ["how are you?"] * 3))
+    assert 0 < room < MAX_NEW
+    status, body = post(served.url + "/v1/chat/completions",
+                        {"messages": [{"role": ("user", "assistant")[i % 2], "content": "how are you?"} for i in range(3)]})
+    assert status == 200 and body["usage"]["completion_tokens"] <= room
+    assert body["choices"][0]["finish_reason"] == "length" or body["usage"]["completion_tokens"] < room
+
+
+def test_concurrent_seeded_requests_get_what_they_get_alone(served):
+    """Continuous batching: 8 seeded requests at once, with different lengths and settings, get the
+    text each gets alone (each row of the batch has its own position and generator)."""
+    url = served.url + "/v1/chat/completions"
+    bodies = [{"messages": [{"role": "user", "content": ["hello", "how are you?"][i % 2]}], "temperature": 2.0,
+               "top_k": [None, 5][i % 2], "seed": i, "max_tokens": 4 + i} for i in range(8)]
+    alone = [post(url, body)[1]["choices"][0]["message"]["content"] for body in bodies]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda body: post(url, body)[1]["choices"][0]["message"]["content"], bodies))
+    assert together == alone and len(set(alone)) > 4
+
+
 def test_chat_endpoint_takes_the_same_settings(overfit, served):
     assert post(served.url + "/chat", {"turns": ["hello"], "top_k": 5, "top_p": 0.5}) == \
         (200, {"reply": answer(overfit, "hello")})
@@ -150,7 +246,7 @@ def test_chat_endpoint_takes_the_same_settings(overfit, served):
 def test_a_400_kb_history_is_answered_in_seconds(served):
     turns = ["hello there friend"] * 20_001  # 5 minutes when trimming re-rendered the history per pair dropped
     start = time.monotonic()
-    status, body = post(served.url + "/chat", {"turns": turns})
+    status, body = post(served.url + "/chat", {"turns": turns, "trim_history": True})
     assert status == 200 and isinstance(body["reply"], str)
     assert time.monotonic() - start < 10
 
