@@ -3,6 +3,7 @@ headless Chromium, and a server that holds against idle, slow, big and malformed
 the model must answer is the overfit model's own greedy reply (test_sample.py's fixture); where no
 such reply is known, two paths of the server are compared with each other."""
 import json
+import queue
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import torch
 
 import chat
 import server
+from batching import Step
 from conftest import ROOT
 from test_sample import MAX_NEW, ONE_SHOT, overfit  # noqa: F401 (a fixture)
 
@@ -309,6 +311,38 @@ def test_bad_requests_get_a_400_naming_the_field(served, path, body, says):
     assert status == 400 and says in error, error
 
 
+@pytest.mark.parametrize("path, fields, param", [
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/chat/completions", {"audio": {"voice": "x"}}, "audio"),
+    ("/v1/chat/completions", {"n": 0}, "n"),
+    ("/v1/chat/completions", {"n": server.MAX_N + 1}, "n"),
+    ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),
+    ("/v1/chat/completions", {"logprobs": 1}, "logprobs"),
+    ("/v1/chat/completions", {"presence_penalty": 3}, "presence_penalty"),
+    ("/v1/chat/completions", {"logit_bias": {"99999": 1}}, "logit_bias"),
+    ("/v1/chat/completions", {"temperature": -1}, "temperature"),
+    ("/v1/chat/completions", {"trim_history": "yes"}, "trim_history"),
+    ("/v1/completions", {"suffix": "x"}, "suffix"),
+    ("/v1/completions", {"best_of": 3}, "best_of"),
+    ("/v1/completions", {"prompt": [[]]}, "prompt"),
+    ("/v1/completions", {"logprobs": True}, "logprobs"),
+    ("/v1/completions", {"messages": HELLO}, "messages"),
+])
+def test_what_cannot_be_done_is_refused_naming_the_field(served, path, fields, param):
+    """Never a silent yes: a field this server does not implement is a 400 in OpenAI's shape naming it."""
+    from openai import BadRequestError, OpenAI
+    client = OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(BadRequestError) as refused:
+        if path == "/v1/completions":
+            client.completions.create(model="x", prompt="A: hi", extra_body=fields)
+        else:
+            client.chat.completions.create(model="x", messages=HELLO, extra_body=fields)
+    error = refused.value.body
+    assert set(error) == {"message", "type", "param", "code"} and error["param"] == param, error
+
+
 def test_big_unsized_and_misdirected_requests(served):
     head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
     big = raw_exchange(address(served.url), head + f"Content-Length: {server.MAX_BODY + 1}\r\n\r\n".encode())
@@ -319,26 +353,46 @@ def test_big_unsized_and_misdirected_requests(served):
 
 # ------------------------------------------------------------------------ in-process, a model we control
 
+class FakeBatcher:
+    """batching.Batcher's place: one sequence at a time, answered " one two" (a character per token of
+    a char tokenizer, then eot); with a gate it waits before " two" until the test says go, so the
+    tests decide what runs and what waits. asked holds each sequence's settings."""
+
+    def __init__(self, tok, gate):
+        self.tok, self.gate, self.asked = tok, gate, []
+        self.waiting, self.device = queue.Queue(), torch.device("cpu")
+        threading.Thread(target=self.work, daemon=True).start()
+
+    def submit(self, sequence):
+        self.waiting.put(sequence)
+
+    def work(self):
+        while True:
+            sequence = self.waiting.get()
+            self.asked.append(dict(temperature=sequence.temperature, max_tokens=sequence.max_tokens))
+            for word in (" one", " two"):
+                if word == " two" and self.gate:
+                    self.gate.running.set()
+                    assert self.gate.go.wait(30)
+                for token in self.tok.encode(word):
+                    sequence.tokens.append(token)
+                    sequence.take(Step(token, 0.0, []))
+            sequence.take(Step(self.tok.eot, 0.0, []))
+            sequence.close(None)
+
+
 @pytest.fixture
 def start_server():
-    """ChatServers in this process around a model that answers " one two", a word per token; with
-    a gate it waits before the second word until the test says go, so the tests decide what runs
-    and what waits. server.asked holds the settings each reply was made with."""
+    """ChatServers in this process around a FakeBatcher."""
     servers = []
 
     def start(gate=None, **options):
-        def replies(prompt, temperature, top_k, top_p, max_tokens, seed):
-            s.asked.append(dict(temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed))
-            yield SimpleNamespace(text=" one", done=False)
-            if gate:
-                gate.running.set()
-                assert gate.go.wait(30)
-            yield SimpleNamespace(text=" one two", done=True)
-
-        defaults = dict(temperature=0, top_k=None, top_p=None, max_tokens=8, context=None)
-        model = server.Model("test", lambda turns, context: [0] * len(turns), replies, lambda **settings: None, defaults)
+        tok = chat.CharTokenizer("abcdefghijklmnopqrstuvwxyz ?:\n")
+        defaults = dict(temperature=0, top_k=None, top_p=None, repetition_penalty=1.0, max_tokens=8, context=None)
+        fake = FakeBatcher(tok, gate)
+        model = server.Model("test", tok, 10_000, fake, lambda **settings: None, defaults)
         s = server.ChatServer(("127.0.0.1", 0), model, **options)
-        s.asked = []
+        s.asked = fake.asked
         threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True).start()  # quick to shut down
         servers.append(s)
         return s, f"http://127.0.0.1:{s.server_port}"
@@ -363,7 +417,7 @@ def test_a_full_queue_gets_503(start_server):
         running = pool.submit(chat_)
         until(gate.running.is_set, "the first request reached the model")
         waiting = pool.submit(chat_)
-        until(lambda: s.jobs.qsize() == 1, "the second request waits in the queue")
+        until(lambda: s.model.batcher.waiting.qsize() == 1, "the second request waits in the queue")
         status, body, headers = request(url + "/chat", {"turns": ["hi"]})
         assert status == 503 and "busy" in body["error"] and headers["Retry-After"] == "1"
         gate.go.set()
@@ -390,17 +444,54 @@ def test_silent_clients_time_out(start_server):
     assert post(url + "/chat", {"turns": ["hi"]}) == (200, {"reply": "one two"})
 
 
-def test_connections_over_the_cap_get_503_and_the_rest_are_served(start_server):
-    s, url = start_server(max_connections=2)
-    held = [socket.create_connection(address(url), timeout=30) for _ in range(2)]  # silent: each holds a thread
+def test_a_request_that_trickles_in_meets_its_deadline(start_server):
+    """A byte at a time, each within the read timeout: the whole request still has its deadline."""
+    s, url = start_server(read_timeout=5, request_deadline=1)
+    slow = socket.create_connection(address(url), timeout=30)
+    start = time.monotonic()
     try:
-        until(lambda: s.connections._value == 0, "both connections hold a thread")
-        assert raw_exchange(address(url), b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").startswith(b"HTTP/1.0 503")
+        for byte in b"POST /chat HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 100:
+            slow.sendall(bytes([byte]))
+            time.sleep(0.1)
+    except OSError:  # hung up on
+        pass
+    answer_ = b"".join(iter(lambda: slow.recv(65536), b""))
+    assert answer_.startswith(b"HTTP/1.0 408") and time.monotonic() - start < 5
+    assert json.loads(answer_.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "timeout"
+
+
+def test_64_slow_clients_then_a_normal_one_is_answered(start_server):
+    """64 clients still sending their headers hold every connection: the next client is answered
+    at once (the oldest slow one is closed to make room), well within the deadline."""
+    s, url = start_server(max_connections=64, request_deadline=20)
+    slow = [socket.create_connection(address(url), timeout=30) for _ in range(64)]
+    try:
+        for connection in slow:
+            connection.sendall(b"POST /chat HTTP/1.1\r\nHost: local")
+        until(lambda: s.connections._value == 0 and len(s.reading) == 64, "64 slow clients hold every connection")
+        start = time.monotonic()
+        assert post(url + "/chat", {"turns": ["hi"]}) == (200, {"reply": "one two"})
+        assert time.monotonic() - start < 5
+        made_room = b"".join(iter(lambda: slow[0].recv(65536), b""))  # the oldest: told why, and closed
+        assert made_room.startswith(b"HTTP/1.0 503") and b"make room" in made_room
     finally:
-        for connection in held:
+        for connection in slow:
             connection.close()
-    until(lambda: s.connections._value == 2, "the closed connections free their threads")
-    assert post(url + "/chat", {"turns": ["hi"]}) == (200, {"reply": "one two"})
+
+
+def test_connections_over_the_cap_get_a_json_503_when_none_can_go(start_server):
+    gate = SimpleNamespace(running=threading.Event(), go=threading.Event())
+    s, url = start_server(gate, max_connections=2)
+    with ThreadPoolExecutor(2) as pool:  # both connections wait for the model: none may be closed
+        running = [pool.submit(post, url + "/chat", {"turns": ["hi"]}) for _ in range(2)]
+        until(lambda: gate.running.is_set() and not s.reading and s.connections._value == 0, "both are answered")
+        refused = raw_exchange(address(url), b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        head, body = refused.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.0 503") and b"application/json" in head
+        assert "busy" in json.loads(body)["error"]["message"]  # what the page shows
+        gate.go.set()
+        assert [r.result() for r in running] == [(200, {"reply": "one two"})] * 2
+    until(lambda: s.connections._value == 2, "the answered connections free their threads")
 
 
 def test_only_a_loopback_host_is_served_on_loopback(start_server):
@@ -479,6 +570,12 @@ def test_the_chat_page_in_chromium(overfit, served, browser, tmp_path):
     assert browser.find_elements(By.CSS_SELECTOR, ".msg")[-1].text == answer(overfit, "hello", first, "how are you?")
     browser.save_screenshot(str(tmp_path / "chat.png"))
     assert (tmp_path / "chat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    chat_so_far = [(m.get_attribute("class"), m.text) for m in browser.find_elements(By.CSS_SELECTOR, ".msg")]
+    browser.refresh()  # the chat is kept across a reload, and goes on from there
+    assert [(m.get_attribute("class"), m.text) for m in browser.find_elements(By.CSS_SELECTOR, ".msg")] == chat_so_far
+    box = browser.switch_to.active_element
+    assert box.get_attribute("id") == "input" and box.get_attribute("aria-label") == "Message"
+    assert browser.find_element(By.CSS_SELECTOR, "label[for=input]").get_attribute("textContent") == "Message"
 
     browser.find_element(By.ID, "new").click()
     assert not browser.find_elements(By.CSS_SELECTOR, ".msg")
