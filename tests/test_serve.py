@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import chat
+import openai_api
 import server
 from batching import Step
 from conftest import ROOT
@@ -317,7 +318,7 @@ def test_bad_requests_get_a_400_naming_the_field(served, path, body, says):
     ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
     ("/v1/chat/completions", {"audio": {"voice": "x"}}, "audio"),
     ("/v1/chat/completions", {"n": 0}, "n"),
-    ("/v1/chat/completions", {"n": server.MAX_N + 1}, "n"),
+    ("/v1/chat/completions", {"n": openai_api.MAX_N + 1}, "n"),
     ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),
     ("/v1/chat/completions", {"logprobs": 1}, "logprobs"),
     ("/v1/chat/completions", {"presence_penalty": 3}, "presence_penalty"),
