@@ -20,11 +20,11 @@ from model import KVCache, sample_next
 
 @dataclass
 class Step:
-    """One generated token with its log-probability under the model (before any sampling setting)
-    and, when asked for, the most likely tokens at that step as (token, logprob) pairs."""
+    """One generated token with, when asked for, its log-probability under the model (before any
+    sampling setting) and the most likely tokens at that step as (token, logprob) pairs."""
     token: int
-    logprob: float
-    top: list
+    logprob: float = None
+    top: list = ()
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Sequence:
     presence_penalty: float = 0.0   # OpenAI's: subtracted once from every token generated before
     frequency_penalty: float = 0.0  # OpenAI's: subtracted per time a token was generated before
     logit_bias: dict = None         # token id -> added to its logit
-    top_logprobs: int = 0           # alternatives per Step.top
+    top_logprobs: int = None        # None: no logprobs; else the alternatives per Step.top
     score_prompt: bool = False      # fill prompt_scores: each prompt token's Step after the first
     prompt_scores: list = None
     cancelled: bool = False         # set from any thread: the sequence is dropped at the next step
@@ -91,10 +91,11 @@ class Batcher:
                     sequence.close(f"{type(e).__name__}: {e}")
                 self.rows = []
 
-    def rows_view(self, rows):
-        """A KVCache over some rows of the batch's cache (its storage, not a copy)."""
+    def rows_view(self, rows, length=None):
+        """A KVCache over some rows of the batch's cache, and its first length positions (its storage,
+        not a copy): a step's attention then reads no further than its longest row."""
         view = copy.copy(self.cache)
-        view.kv, view.pos = [kv[rows] for kv in self.cache.kv], 0
+        view.kv, view.pos = [kv[rows, :, :, :length] for kv in self.cache.kv], 0
         return view
 
     def join(self, sequence):
@@ -122,8 +123,9 @@ class Batcher:
         """One token for every row."""
         k = len(self.rows)
         token = torch.tensor([[s.tokens[-1]] for s in self.rows], device=self.device)
-        position = torch.tensor([len(s.prompt) + len(s.tokens) - 1 for s in self.rows], device=self.device)
-        logits = self.model(token, kv_cache=self.rows_view(slice(0, k)), position=position)[0]
+        positions = [len(s.prompt) + len(s.tokens) - 1 for s in self.rows]
+        position = torch.tensor(positions, device=self.device)
+        logits = self.model(token, kv_cache=self.rows_view(slice(0, k), max(positions) + 1), position=position)[0]
         logits = logits[:, -1, :self.vocab_size].float()
         finished = [row for row, sequence in enumerate(self.rows) if self.pick(sequence, logits[row:row + 1])]
         for row in reversed(finished):
@@ -142,11 +144,15 @@ class Batcher:
         if (sequence.presence_penalty or sequence.frequency_penalty) and sequence.tokens:
             counts = torch.bincount(torch.tensor(sequence.tokens, device=logits.device), minlength=logits.size(1))
             adjusted = adjusted - sequence.frequency_penalty * counts - sequence.presence_penalty * (counts > 0)
-        context = torch.tensor([(sequence.prompt + sequence.tokens)[-self.model.config.block_size:]], device=logits.device)
+        context = None  # the tokens the repetition penalty applies to
+        if sequence.repetition_penalty != 1.0:
+            context = torch.tensor([(sequence.prompt + sequence.tokens)[-self.model.config.block_size:]], device=logits.device)
         token = sample_next(adjusted, context, sequence.temperature, sequence.top_k or None, sequence.top_p or None,
                             sequence.repetition_penalty, sequence.generator).item()
         sequence.tokens.append(token)
-        finished = sequence.take(scored(logits[0].log_softmax(-1), token, sequence.top_logprobs))
+        step = Step(token) if sequence.top_logprobs is None else \
+            scored(logits[0].log_softmax(-1), token, sequence.top_logprobs)
+        finished = sequence.take(step)
         if finished or len(sequence.tokens) >= sequence.max_tokens:
             sequence.close(None)
             return True

@@ -221,7 +221,7 @@ class ChatServer(ThreadingHTTPServer):
                 generator = torch.Generator(self.model.batcher.device).manual_seed((base + i) % 2 ** 64)
                 job.sequence = Sequence(prompt, **dict(sampling, max_tokens=min(
                     settings['max_tokens'], self.model.block_size - len(prompt))), take=job.take, close=job.close,
-                    generator=generator, top_logprobs=logprobs or 0, score_prompt=score_prompt)
+                    generator=generator, top_logprobs=logprobs, score_prompt=score_prompt)
                 jobs.append(job)
         for job in jobs:
             self.model.batcher.submit(job.sequence)
