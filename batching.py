@@ -116,7 +116,7 @@ class Batcher:
         if sequence.max_tokens == 0:
             return sequence.close(None)
         self.rows.append(sequence)
-        if self.pick(sequence, logits):
+        if self.hand_over(sequence, logits[0], self.sample([sequence], logits)[0]):
             self.leave(row)
 
     def step(self):
@@ -124,36 +124,55 @@ class Batcher:
         k = len(self.rows)
         token = torch.tensor([[s.tokens[-1]] for s in self.rows], device=self.device)
         positions = [len(s.prompt) + len(s.tokens) - 1 for s in self.rows]
-        position = torch.tensor(positions, device=self.device)
-        logits = self.model(token, kv_cache=self.rows_view(slice(0, k), max(positions) + 1), position=position)[0]
+        cache = self.rows_view(slice(0, k), max(positions) + 1)
+        if k == 1:  # one row: the cache's own position, as generate() steps (no mask: fewer ops per token)
+            cache.pos = positions[0]
+            logits = self.model(token, kv_cache=cache)[0]
+        else:
+            logits = self.model(token, kv_cache=cache, position=torch.tensor(positions, device=self.device))[0]
         logits = logits[:, -1, :self.vocab_size].float()
-        finished = [row for row, sequence in enumerate(self.rows) if self.pick(sequence, logits[row:row + 1])]
+        tokens = self.sample(self.rows, logits)
+        finished = [row for row, (sequence, token) in enumerate(zip(self.rows, tokens))
+                    if self.hand_over(sequence, logits[row], token)]
         for row in reversed(finished):
             self.leave(row)
 
-    def pick(self, sequence, logits):
-        """Sample sequence's next token from its logits (1, V) and hand it over; whether it is finished."""
+    def sample(self, sequences, logits):
+        """The next token of each sequence from its row of logits (k, V), each drawn with its own
+        settings and generator. Rows alike in their settings are sampled together, each with a
+        uniform number from its own generator: the draw sample_next makes for a row alone."""
+        logits, groups, tokens = logits.clone(), {}, [None] * len(sequences)
+        for row, s in enumerate(sequences):
+            if s.logit_bias:
+                logits[row, list(s.logit_bias)] += torch.tensor(list(s.logit_bias.values()), device=logits.device)
+            if (s.presence_penalty or s.frequency_penalty) and s.tokens:
+                counts = torch.bincount(torch.tensor(s.tokens, device=logits.device), minlength=logits.size(1))
+                logits[row] -= s.frequency_penalty * counts + s.presence_penalty * (counts > 0)
+            alike = (s.temperature, s.top_k or None, s.top_p or None) if s.repetition_penalty == 1.0 else row
+            groups.setdefault(alike, []).append(row)
+        for rows in groups.values():
+            s = sequences[rows[0]]
+            context = None  # the tokens a repetition penalty applies to (a row alone then)
+            if s.repetition_penalty != 1.0:
+                context = torch.tensor([(s.prompt + s.tokens)[-self.model.config.block_size:]], device=logits.device)
+            u = None if s.temperature == 0 else torch.cat([
+                torch.rand(1, 1, dtype=torch.float64, device=logits.device, generator=sequences[r].generator)
+                for r in rows])
+            picked = sample_next(logits[rows], context, s.temperature, s.top_k or None, s.top_p or None,
+                                 s.repetition_penalty, u=u)
+            for row, token in zip(rows, picked.tolist()):
+                tokens[row] = token
+        return tokens
+
+    def hand_over(self, sequence, logits, token):
+        """Give sequence its new token (and its logprobs from the row's logits (V,), when asked for);
+        whether it is finished."""
         if sequence.cancelled:
             sequence.close(None)
             return True
-        adjusted = logits
-        if sequence.logit_bias:
-            ids = torch.tensor(list(sequence.logit_bias), device=logits.device)
-            adjusted = adjusted.index_add(1, ids, torch.tensor([list(sequence.logit_bias.values())],
-                                                               device=logits.device, dtype=logits.dtype))
-        if (sequence.presence_penalty or sequence.frequency_penalty) and sequence.tokens:
-            counts = torch.bincount(torch.tensor(sequence.tokens, device=logits.device), minlength=logits.size(1))
-            adjusted = adjusted - sequence.frequency_penalty * counts - sequence.presence_penalty * (counts > 0)
-        context = None  # the tokens the repetition penalty applies to
-        if sequence.repetition_penalty != 1.0:
-            context = torch.tensor([(sequence.prompt + sequence.tokens)[-self.model.config.block_size:]], device=logits.device)
-        token = sample_next(adjusted, context, sequence.temperature, sequence.top_k or None, sequence.top_p or None,
-                            sequence.repetition_penalty, sequence.generator).item()
         sequence.tokens.append(token)
-        step = Step(token) if sequence.top_logprobs is None else \
-            scored(logits[0].log_softmax(-1), token, sequence.top_logprobs)
-        finished = sequence.take(step)
-        if finished or len(sequence.tokens) >= sequence.max_tokens:
+        step = Step(token) if sequence.top_logprobs is None else scored(logits.log_softmax(-1), token, sequence.top_logprobs)
+        if sequence.take(step) or len(sequence.tokens) >= sequence.max_tokens:
             sequence.close(None)
             return True
         return False

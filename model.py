@@ -560,10 +560,11 @@ def lm_head_loss(x, weight, targets):
 
 
 def sample_next(logits, context, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
-                generator=None):
+                generator=None, u=None):
     """Pick one token per row from logits (B, V). context (B, T) holds the tokens the repetition
     penalty applies to (CTRL-style: a seen token's logit is divided by the penalty if positive,
-    multiplied if negative)."""
+    multiplied if negative). u: the rows' uniform draws (B, 1) in float64, when each row draws from
+    its own generator (the server's batch), instead of drawing them from generator."""
     if repetition_penalty != 1.0:
         seen = logits.gather(1, context)
         seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
@@ -585,6 +586,7 @@ def sample_next(logits, context, temperature=1.0, top_k=None, top_p=None, repeti
     # than torch.multinomial (an exponential per token). In float64 so that the draw stays below the
     # total and never lands on a token given probability 0.
     cdf = probs.cumsum(dim=-1, dtype=torch.float64)
-    u = torch.rand(cdf.size(0), 1, dtype=cdf.dtype, device=cdf.device, generator=generator)
+    if u is None:
+        u = torch.rand(cdf.size(0), 1, dtype=cdf.dtype, device=cdf.device, generator=generator)
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     return token[:, 0] if candidates is None else candidates.gather(1, token)[:, 0]

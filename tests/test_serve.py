@@ -199,6 +199,34 @@ def test_completions_and_their_logprobs_are_evals(overfit, served):
     assert both.choices[0].text == text + expected
 
 
+def test_logit_bias_and_penalties(overfit, served):
+    """logit_bias and OpenAI's presence / frequency penalties, greedy: what their formulas give on
+    the model's own logits (a token's logit + its bias - frequency x its count so far - presence if
+    it came at all)."""
+    y = served.tok.encode("y")[0]
+    prompt = chat.encode_prompt(served.tok, "A: hello")
+
+    def ask(**fields):
+        body = {"prompt": "A: hello", "max_tokens": 12, "temperature": 0, **fields}
+        return post(served.url + "/v1/completions", body)[1]["choices"][0]["text"]
+
+    def expected(bias, presence, frequency):
+        tokens = []
+        with torch.no_grad():
+            for _ in range(12):
+                logits = overfit.model(torch.tensor([prompt + tokens]))[0][0, -1, :served.tok.vocab_size]
+                counts = torch.bincount(torch.tensor(tokens, dtype=torch.long), minlength=logits.size(0))
+                logits = logits - frequency * counts - presence * (counts > 0)
+                logits[y] += bias
+                tokens.append(logits.argmax().item())
+        return served.tok.decode(tokens)
+    assert ask(logit_bias={str(y): 100}) == "y" * 12
+    for presence, frequency in ((0, 0), (0, 2), (2, 0.5), (-1, 1)):
+        fields = dict(logit_bias={str(y): 12}, presence_penalty=presence, frequency_penalty=frequency)
+        assert ask(**fields) == expected(12, presence, frequency), fields
+    assert len({expected(12, p, f) for p, f in ((0, 0), (0, 2), (2, 0.5))}) == 3  # each setting matters here
+
+
 def test_model_card_and_developer_messages(overfit, served):
     status, card, _ = request(served.url + "/v1/models/" + served.name)
     assert status == 200 and card["id"] == served.name
