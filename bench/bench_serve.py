@@ -28,7 +28,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import chat  # noqa: E402
+import tokenizer  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 init_from = ''        # a checkpoint; '' = the demo's shape, untrained
@@ -41,7 +41,7 @@ exec(open(os.path.join(ROOT, 'configurator.py')).read())
 
 
 def demo_shaped_checkpoint(path):
-    tok = chat.CharTokenizer('\n' + ''.join(chr(c) for c in range(0x20, 0x20 + 4094)))
+    tok = tokenizer.CharTokenizer('\n' + ''.join(chr(c) for c in range(0x20, 0x20 + 4094)))
     cfg = dict(block_size=128, vocab_size=tok.vocab_size, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=True,
                rope=True)
     torch.manual_seed(0)

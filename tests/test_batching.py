@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import chat
+import tokenizer
 from batching import Batcher, Sequence
 from conftest import assert_close_logits
 from model import GPT, GPTConfig, KVCache
@@ -37,7 +38,7 @@ def test_a_position_per_row_matches_each_row_alone(rope):
 def test_more_sequences_than_rows_each_get_their_own_reply(overfit):
     """Four chats through a batch of two rows (so finished rows are refilled from the queue, at
     other positions than the rows beside them): each gets the reply it gets alone (sample.py's)."""
-    tok = chat.load_tokenizer(torch.load(overfit.path, weights_only=True)["meta"])
+    tok = tokenizer.load_tokenizer(torch.load(overfit.path, weights_only=True)["meta"])
     batcher = Batcher(overfit.model, tok.vocab_size, 2, torch.autocast("cpu", enabled=False), torch.device("cpu"))
     asked = [["hello"], ["how are you?"], DIALOGUE[:3], ["hello"]]
     replies, done = [chat.Reply(tok) for _ in asked], [threading.Event() for _ in asked]

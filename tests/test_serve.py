@@ -21,6 +21,7 @@ import torch
 import chat
 import openai_api
 import server
+import tokenizer
 from batching import Step
 from conftest import ROOT
 from test_sample import MAX_NEW, ONE_SHOT, overfit  # noqa: F401 (a fixture)
@@ -40,7 +41,7 @@ def served(overfit):
     try:
         line = process.stdout.readline()  # "serving ... and POST http://127.0.0.1:PORT/chat"
         assert line.startswith("serving"), f"sample.py --serve did not start: {line!r}"
-        tok = chat.load_tokenizer(torch.load(overfit.path, weights_only=True)["meta"])
+        tok = tokenizer.load_tokenizer(torch.load(overfit.path, weights_only=True)["meta"])
         yield SimpleNamespace(url=line.split()[-1].removesuffix("/chat"), tok=tok, name=overfit.path.name)
     finally:
         process.terminate()
@@ -416,7 +417,7 @@ def start_server():
     servers = []
 
     def start(gate=None, **options):
-        tok = chat.CharTokenizer("abcdefghijklmnopqrstuvwxyz ?:\n")
+        tok = tokenizer.CharTokenizer("abcdefghijklmnopqrstuvwxyz ?:\n")
         defaults = dict(temperature=0, top_k=None, top_p=None, repetition_penalty=1.0, max_tokens=8, context=None)
         fake = FakeBatcher(tok, gate)
         model = server.Model("test", tok, 10_000, fake, lambda **settings: None, defaults)
