@@ -82,10 +82,12 @@ class Job:
         self.tokens, self.steps, self.sent_steps = [], [], 0
         self.shown, self.finish, self.closed, self.sequence = '', 'length', False, None
 
-    def text(self, tokens, final):
+    def text(self, final):
+        """The text so far, before stop strings: B's turn as chat.Reply has it, normalized; or the raw
+        continuation (short of a half character until the end)."""
         if self.reply is not None:
-            return chat.normalize(self.reply.text if tokens is self.tokens else self.tok.decode(tokens))
-        text = self.tok.decode(tokens)
+            return chat.normalize(self.reply.text)
+        text = self.tok.decode(self.tokens)
         return text if final else text.rstrip('\ufffd')
 
     def take(self, step):
@@ -93,7 +95,7 @@ class Job:
         if not (self.reply is None and ended):  # raw text ends before the eot
             self.tokens.append(step.token)
             self.steps.append(step)
-        text, stopped = visible(self.text(self.tokens, ended), self.stop, ended)
+        text, stopped = visible(self.text(ended), self.stop, ended)
         if text != self.shown:
             self.out.put(Piece(self.index, text[len(self.shown):], self.covered(len(text))))
             self.shown = text
@@ -105,8 +107,8 @@ class Job:
         """The Steps not yet sent up to the first token whose text reaches length characters."""
         if not self.logprobs:
             return []
-        start = self.sent_steps
-        while self.sent_steps < len(self.steps) and len(self.text(self.tokens[:self.sent_steps], False)) < length:
+        start, shown = self.sent_steps, chat.normalize if self.reply is not None else lambda text: text.rstrip('\ufffd')
+        while self.sent_steps < len(self.steps) and len(shown(self.tok.decode(self.tokens[:self.sent_steps]))) < length:
             self.sent_steps += 1
         return self.steps[start:self.sent_steps]
 
@@ -114,7 +116,7 @@ class Job:
         if self.closed:  # the batcher's error path may close a job twice
             return
         self.closed = True
-        text = visible(self.text(self.tokens, True), self.stop, True)[0]  # what was held back for a stop string
+        text = visible(self.text(True), self.stop, True)[0]  # what was held back for a stop string
         if text != self.shown and not error:
             self.out.put(Piece(self.index, text[len(self.shown):], self.covered(len(text))))
             self.shown = text
