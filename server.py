@@ -474,6 +474,12 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:  # the client hung up before its answer: nobody to tell
             self.close_connection = True
 
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (a malformed request line or header, an unknown method) as JSON too."""
+        self.close_connection = True
+        message = message or self.responses.get(code, ('error',))[0]
+        self.send(code, json.dumps(error_body(code, message)).encode(), 'application/json')
+
     def answer(self, status, body, headers=None):
         self.send(status, json.dumps(body).encode(), 'application/json', headers)
 

@@ -379,6 +379,9 @@ def test_big_unsized_and_misdirected_requests(served):
     assert big.startswith(b"HTTP/1.0 413") and b"at most 1048576" in big  # answered before the body is read
     assert raw_exchange(address(served.url), head + b"\r\n").startswith(b"HTTP/1.0 411")
     assert request(served.url + "/nothing")[0] == 404
+    for bad in (b"BREW / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nX: " + b"x" * 70000 + b"\r\n\r\n"):
+        head_, _, body = raw_exchange(address(served.url), bad).partition(b"\r\n\r\n")
+        assert head_.split()[1] in (b"400", b"431", b"501", b"505") and json.loads(body)["error"]["message"], head_
 
 
 # ------------------------------------------------------------------------ in-process, a model we control
