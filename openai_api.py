@@ -17,7 +17,7 @@ IGNORED = {'user', 'metadata', 'store', 'stream_options', 'service_tier', 'paral
            'prompt_cache_key', 'safety_identifier'}
 SAMPLING = {'model', 'stream', 'max_tokens', 'temperature', 'top_p', 'top_k', 'repetition_penalty', 'n', 'stop',
             'seed', 'logprobs', 'presence_penalty', 'frequency_penalty', 'logit_bias'}
-FIELDS = {  # what each endpoint implements; the values for which an OpenAI field is harmless are in check_fields
+FIELDS = {  # what each endpoint takes (some of OpenAI's only at a value in HARMLESS)
     '/chat': {'turns', 'context', 'temperature', 'top_k', 'top_p', 'max_tokens', 'seed', 'stop', 'trim_history'},
     '/v1/chat/completions': SAMPLING | IGNORED | {'messages', 'max_completion_tokens', 'top_logprobs', 'trim_history',
                                                    'response_format', 'tools', 'tool_choice', 'functions',
