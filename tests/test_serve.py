@@ -160,6 +160,12 @@ def test_n_choices_and_their_logprobs(overfit, served):
     for i, choice in enumerate(two.choices):
         one = client.chat.completions.create(model="x", messages=HELLO, temperature=3.0, seed=5 + i, max_tokens=8)
         assert one.choices[0].message.content == choice.message.content
+    texts = ["", ""]  # streamed, the choices' chunks interleave, each with its index
+    for chunk in client.chat.completions.create(model="x", messages=HELLO, n=2, temperature=3.0, seed=5, max_tokens=8,
+                                                stream=True):
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+    assert texts == [c.message.content for c in two.choices]
 
     done = client.chat.completions.create(model="x", messages=HELLO, temperature=0, logprobs=True, top_logprobs=3)
     content = done.choices[0].logprobs.content
@@ -198,6 +204,9 @@ def test_completions_and_their_logprobs_are_evals(overfit, served):
                zip(choice.logprobs.top_logprobs, choice.logprobs.token_logprobs))
     both = client.completions.create(model="x", prompt=text, max_tokens=MAX_NEW, temperature=0, echo=True)
     assert both.choices[0].text == text + expected
+    ids = chat.encode_prompt(served.tok, text)  # token ids, and several prompts at once: a choice each, in order
+    several = client.completions.create(model="x", prompt=[ids, "A: how are you?"], max_tokens=MAX_NEW, temperature=0)
+    assert [c.index for c in several.choices] == [0, 1] and several.choices[0].text == expected
 
 
 def test_logit_bias_and_penalties(overfit, served):
