@@ -8,7 +8,8 @@ people, 258K messages) -> A:/B: dialogue shards.
 Input: the dataset.json of PyPI's chitchat-dataset, one JSON object: conversation id ->
 {"messages": [turn, ...], ...}, each turn a list of one sender's consecutive messages
 ({text, timestamp, sender}). A turn's messages become one message, a line each; whoever sends the
-first turn is A. The 3,150 that nobody answered (one sender) are dropped; the conversation's suggested opening prompt is left out (many never take it up).
+first turn is A. The 3,150 that nobody answered (one sender) are dropped, and so is the suggested
+opening prompt (many never take it up).
 """
 import sys
 from pathlib import Path
