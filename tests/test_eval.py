@@ -1,6 +1,7 @@
 """eval.py: a known tiny model on a known stream scores what a hand computation gives."""
 import json
 import math
+import os
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -158,8 +159,21 @@ def test_a_model_trained_to_follow_the_topic_ranks_the_true_turn_first(tmp_path)
 
     out = subprocess.run([sys.executable, "eval.py", f"--out_dir={tmp_path}", "--device=cpu", "--hits=20",
                           "--hits_items=100", "--json"], cwd=ROOT, capture_output=True, text=True, check=True,
-                         timeout=120).stdout
+                         timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
     got = json.loads(out)["hits"]
     assert got["items"] == 100 and got["candidates"] == 20
     assert got["hits/total"] == got["hits/mean"] == 1.0 and got["rank/total"] == 1.0
     assert max(len(chat.render(tok, turns)[0]) for turns, _ in dialogues) > block  # some histories were cut
+
+
+def test_train_logs_hits_every_n_evals_and_plot_draws_them(tmp_path):
+    """--eval_hits=2: every second eval (and the last) writes hits@1/20 of the val dialogues to log.jsonl."""
+    from test_train import train, write_tiny_dataset
+    out = tmp_path / "out"
+    train(write_tiny_dataset(tmp_path / "data"), out, "--max_iters=10", "--eval_hits=2")  # evals at 0, 4, 8, 10
+    hits = [e for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "hits/total" in e]
+    assert [e["iter"] for e in hits] == [0, 8, 10]
+    assert all(0 <= e["hits/total"] <= 1 and 1 <= e["rank/mean"] <= 20 and e["items"] == 500 for e in hits)
+    png = tmp_path / "curves.png"
+    subprocess.run([sys.executable, "plot.py", str(out), f"--to={png}"], cwd=ROOT, check=True, timeout=120)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
