@@ -5,6 +5,8 @@ import subprocess
 import sys
 
 import chat
+import dataset
+import tokenizer
 from conftest import ROOT, shared_file
 
 
@@ -23,11 +25,11 @@ def test_chitchat_prepare_decodes_to_the_conversations(tmp_path):
         if len({turn[0]["sender"] for turn in turns}) == 2:  # else nobody answered
             assert all(a[0]["sender"] != b[0]["sender"] for a, b in zip(turns, turns[1:]))  # as the file has them
             expected.append(["\n".join(m["text"] for m in turn).strip() for turn in turns])
-    meta = chat.load_meta(out)
-    tok = chat.load_tokenizer(meta)
+    meta = dataset.load_meta(out)
+    tok = tokenizer.load_tokenizer(meta)
     got = []
-    for split in chat.SPLITS:
-        text = tok.decode(chat.open_split(out, split, meta)[0].tolist())
+    for split in dataset.SPLITS:
+        text = tok.decode(dataset.open_split(out, split, meta)[0].tolist())
         got += [chat.parse(d) for d in text.split("<|endoftext|>")[1:]]
     assert 20 < len(expected) < len(ids) and meta["counts"]["val"]["dialogues"] > 0
     assert sorted(turns for turns, context in got) == sorted(expected)  # the split reorders them

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import chat
 import eval as eval_py
+import tokenizer
 from conftest import ROOT, shared_file
 from model import GPT, GPTConfig
 
@@ -20,7 +21,7 @@ DIALOGUES = [(["héllo there", "hi, ça va?"], "Persona: likes crêpes"), (["wha
 
 
 def test_loss_and_bits_per_byte_match_a_hand_computation(tmp_path):
-    tok = chat.CharTokenizer("".join(t for d, c in DIALOGUES for t in d + [c or ""]) + "ABContext: \n")
+    tok = tokenizer.CharTokenizer("".join(t for d, c in DIALOGUES for t in d + [c or ""]) + "ABContext: \n")
     tokens, roles = [], []
     for turns, context in DIALOGUES:
         t, r = chat.render(tok, turns, context)
@@ -86,7 +87,7 @@ def real_dialogues(n):
 def test_candidate_scores_match_the_whole_sequence_scored_at_once():
     """The history once in a KV cache, the candidates as one padded batch after it: each candidate's
     log-likelihood is what one plain forward of history + candidate gives for its tokens."""
-    tok = chat.CharTokenizer("abcdefghij ,.?ABContext:\n")
+    tok = tokenizer.CharTokenizer("abcdefghij ,.?ABContext:\n")
     history, context = ["abc def", "ghi?", "a, b."], "jj"
     candidates = ["hi.", "a b c d e f g", ""]
     torch.manual_seed(0)
@@ -106,7 +107,7 @@ def test_a_model_that_scores_every_turn_alike_comes_out_at_chance():
     log-likelihood all candidates tie, by total the shortest wins; either way, since the other
     candidates are drawn as the true one is, hits@1 is chance within binomial noise."""
     dialogues = real_dialogues(200)
-    tok = chat.CharTokenizer("".join(t for turns, _ in dialogues for t in turns) + "ABContext: \n")
+    tok = tokenizer.CharTokenizer("".join(t for turns, _ in dialogues for t in turns) + "ABContext: \n")
     assert eval_py.split_dialogues(tok, rendered(tok, dialogues)) == dialogues  # parse undoes render
     model = GPT(GPTConfig(block_size=512, vocab_size=tok.vocab_size, n_layer=1, n_head=1, n_embd=8, dropout=0.0))
     with torch.no_grad():
@@ -132,7 +133,7 @@ def test_a_model_trained_to_follow_the_topic_ranks_the_true_turn_first(tmp_path)
     by mean log-likelihood, while the histories are cut to fit its block_size."""
     rng = np.random.default_rng(0)
     dialogues = topic_dialogues(rng)
-    tok = chat.CharTokenizer("abcdefghijklmnopqrstuvwxyz AB:\n")
+    tok = tokenizer.CharTokenizer("abcdefghijklmnopqrstuvwxyz AB:\n")
     tokens = rendered(tok, dialogues)
     block = 48
     torch.manual_seed(0)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from chat import LABELS
-from shards import make_dialogue, prepare, prepare_parser, read_json
+from prepare_cli import prepare, prepare_parser
+from readers import make_dialogue, read_json
 
 
 def read_dialogues(paths, report):
