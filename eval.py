@@ -154,7 +154,8 @@ def response_selection(model, dialogues, tok, n=20, items=500, seed=1337, ctx=nu
 
 
 def sample_reply(model, tok, message, ctx, seed):
-    """The model's reply, as B, to message (train.py's eval sample): prompt and end of turn are chat.py's, as in sample.py."""
+    """The model's reply, as B, to message (train.py's eval_sample): prompt and end of turn are
+    chat.py's, as in sample.py."""
     device, block = model.lm_head.weight.device, model.config.block_size
     prompt = torch.tensor([chat.reply_prompt(tok, [message], max_tokens=block // 2)], device=device)
     reply = chat.Reply(tok)
