@@ -61,8 +61,11 @@ class KVCache:
 
     def write(self, layer, kv, position):
         """Store one token's kv (B, nh, 2, 1, hs) at position, a (1,) tensor on the device (the fixed
-        shapes of DecodeStep); return the whole buffer."""
-        return self.kv[layer].index_copy_(3, position, kv)
+        shapes of DecodeStep), or a (B,) one: each row at its own position (the server's batch of
+        sequences of different lengths); return the whole buffer."""
+        if position.numel() == 1:
+            return self.kv[layer].index_copy_(3, position, kv)
+        return self.kv[layer].scatter_(3, position.view(-1, 1, 1, 1, 1).expand_as(kv), kv)
 
     def reset(self):
         self.pos = 0
@@ -146,10 +149,11 @@ class Rotary(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x, positions):
-        """x (B, nh, T, hs) at positions: a slice of T, DecodeStep's (1,) tensor or Documents' (B, T)."""
+        """x (B, nh, T, hs) at positions: a slice of T, a (1,) or (B,) tensor of one token each, or
+        Documents' (B, T)."""
         cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
-        if cos.dim() == 3:  # one row of positions per sequence: the same for every head
-            cos, sin = cos[:, None], sin[:, None]
+        if isinstance(positions, torch.Tensor):  # positions per row: (B, 1, 1 or T, hs / 2)
+            cos, sin = (t.view(positions.size(0), 1, -1, t.size(-1)) for t in (cos, sin))
         x1, x2 = x.chunk(2, -1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1)
 
@@ -193,7 +197,7 @@ class CausalSelfAttention(nn.Module):
         mask = None
         if position is not None:  # DecodeStep: one token sees the whole buffer up to its position
             kv = kv_cache.write(layer, kv, position)
-            mask = torch.arange(kv.size(3), device=x.device) <= position[:, None]  # (1, block_size + 1)
+            mask = (torch.arange(kv.size(3), device=x.device) <= position[:, None])[:, None, None]  # (B or 1, 1, 1, L)
         elif kv_cache is not None:
             kv = kv_cache.update(layer, kv)
         k, v = kv.unbind(2)
@@ -302,7 +306,8 @@ class GPT(nn.Module):
         scored a block of rows at a time: no (B, T, vocab) tensor at long windows (evaluation).
         Without targets: logits of the last position only. With a kv_cache, idx continues
         the cached positions and the cache advances by T; with a position too (DecodeStep), idx is
-        one token at that position, a (1,) tensor, and the cache's pos is left to the caller.
+        one token at that position, a (1,) tensor or a (B,) one (a position per row), and the
+        cache's pos is left to the caller.
         eot: each eot token starts a document that attention never looks out of (see Documents)."""
         B, T = idx.size()
         if position is None:
@@ -313,8 +318,8 @@ class GPT(nn.Module):
         docs = Documents.split(idx, eot) if eot is not None else None
         x = self.transformer.wte(idx)
         if not self.config.rope:  # else attention turns queries and keys by their positions
-            at = position if position is not None else docs.positions if docs is not None else slice(start, start + T)
-            x = x + self.transformer.wpe.weight[at]
+            at = docs.positions if docs is not None else slice(start, start + T)
+            x = x + (self.transformer.wpe.weight[at] if position is None else self.transformer.wpe(position)[:, None])
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             if self.activation_checkpointing and self.training:  # the same dropout masks again
@@ -391,10 +396,8 @@ class GPT(nn.Module):
         block_size = self.config.block_size
         context = idx[:, -block_size:]  # what the model sees
         cache = step = None  # step: the one-token forward with the cache, if not the plain one
-        if kv_cache:  # in the dtype attention computes in
-            device_type = idx.device.type
-            autocast = torch.is_autocast_enabled(device_type)
-            dtype = torch.get_autocast_dtype(device_type) if autocast else self.lm_head.weight.dtype
+        if kv_cache:
+            dtype = self.cache_dtype(idx.device.type)
             if self._decode_graph is not None:
                 key = (idx.size(0), dtype, idx.device, self._decode_graph)
                 if self._decode_step is None or self._decode_step.key != key:
@@ -423,6 +426,11 @@ class GPT(nn.Module):
                 fresh = context
                 if cache is not None:
                     cache.reset()
+
+    def cache_dtype(self, device_type):
+        """What a KV cache stores: the dtype attention computes in (autocast's, else the weights')."""
+        autocast = torch.is_autocast_enabled(device_type)
+        return torch.get_autocast_dtype(device_type) if autocast else self.lm_head.weight.dtype
 
     def compile_decode(self):
         """torch.compile the one-token forward that generate() runs for every new token with the
@@ -629,10 +637,11 @@ def lm_head_losses(x, weight, targets):
 
 
 def sample_next(logits, context, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
-                generator=None):
+                generator=None, u=None):
     """Pick one token per row from logits (B, V). context (B, T) holds the tokens the repetition
     penalty applies to (CTRL-style: a seen token's logit is divided by the penalty if positive,
-    multiplied if negative)."""
+    multiplied if negative). u: the rows' uniform draws (B, 1) in float64, when each row draws from
+    its own generator (the server's batch), instead of drawing them from generator."""
     if repetition_penalty != 1.0:
         seen = logits.gather(1, context)
         seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
@@ -654,6 +663,7 @@ def sample_next(logits, context, temperature=1.0, top_k=None, top_p=None, repeti
     # than torch.multinomial (an exponential per token). In float64 so that the draw stays below the
     # total and never lands on a token given probability 0.
     cdf = probs.cumsum(dim=-1, dtype=torch.float64)
-    u = torch.rand(cdf.size(0), 1, dtype=cdf.dtype, device=cdf.device, generator=generator)
+    if u is None:
+        u = torch.rand(cdf.size(0), 1, dtype=cdf.dtype, device=cdf.device, generator=generator)
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     return token[:, 0] if candidates is None else candidates.gather(1, token)[:, 0]
