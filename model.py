@@ -318,8 +318,10 @@ class GPT(nn.Module):
         docs = Documents.split(idx, eot) if eot is not None else None
         x = self.transformer.wte(idx)
         if not self.config.rope:  # else attention turns queries and keys by their positions
-            at = docs.positions if docs is not None else slice(start, start + T)
-            x = x + (self.transformer.wpe.weight[at] if position is None else self.transformer.wpe(position)[:, None])
+            if position is not None:  # one token per row
+                x = x + self.transformer.wpe(position)[:, None]
+            else:
+                x = x + self.transformer.wpe.weight[docs.positions if docs is not None else slice(start, start + T)]
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             if self.activation_checkpointing and self.training:  # the same dropout masks again
