@@ -127,7 +127,7 @@ def resume_message(path, ckpt, config, world_size, train_tokens):
     changes = [f"world size {ckpt['world_size']} -> {world_size}"] * (ckpt.get('world_size', world_size) != world_size)
     for k, v in config.items():
         old = ckpt['config'].get(k, v)
-        if k != 'init_from' and old != v:
+        if k != 'init_from' and old != v and not (k in arch and v is None):  # None: the checkpoint's (rope_theta)
             changes.append(f"{k} stays the checkpoint's {old!r}, not {v!r}" if k in arch else f"{k} {old!r} -> {v!r}")
     for name, n in train_tokens.items():
         if ckpt.get('train_tokens', {}).get(name, n) != n:
