@@ -16,6 +16,7 @@ import os
 import torch
 
 import checkpoint
+import hf
 from model import GPT
 
 out_dir = 'out'
@@ -28,7 +29,7 @@ def write_hf(ckpt):
     """config.json, model.safetensors and the tokenizer's files, if it has a HF form, in the folder to."""
     model = GPT.from_checkpoint(ckpt)
     meta = ckpt['meta']
-    model.export_hf(to, eot=meta['eot'])
+    hf.save(model, to, eot=meta['eot'])
     spec = meta['tokenizer']
     eot_text = '<|endoftext|>'
     tokenizer_config = dict(bos_token=eot_text, eos_token=eot_text, unk_token=eot_text,

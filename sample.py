@@ -16,6 +16,7 @@ import torch
 
 import chat
 import checkpoint
+import hf
 from machine import DTYPES, autocast, choose
 from model import GPT
 
@@ -82,7 +83,7 @@ if init_from == 'resume' or init_from.endswith('.pt'):
     model = GPT.from_checkpoint(ckpt)
     tok = chat.load_tokenizer(ckpt['meta'])
 else:  # OpenAI's GPT-2 or a local Hugging Face GPT-2 folder
-    model = GPT.from_pretrained(init_from)
+    model = hf.load(init_from)
     tok = chat.load_tokenizer('gpt2')
 model.eval().to(device)
 if device_type == 'cuda':  # the weights cast once, not by autocast for every token, and each token one graph replay

@@ -8,9 +8,8 @@ Exact resume: every batch, and its dropout masks, come from (seed, iteration, mi
 the batches the run would have drawn (on CPU in float32: bit-identical to a run that never stopped).
 SIGTERM (preemption) and Ctrl-C finish the step, save and exit; rerun with --init_from=auto.
 
-One process (CPU, one GPU, a Mac):
+One process (CPU, one GPU, a Mac), then DDP over the 4 GPUs of one node:
 $ python train.py config/train_chat_demo.py --batch_size=32
-DDP over the 4 GPUs of one node:
 $ torchrun --standalone --nproc_per_node=4 train.py config/finetune_chat.py
 Two nodes of 8 GPUs: run on each (node_rank 0 on the master; NCCL_IB_DISABLE=1 without InfiniBand)
 $ torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py ...
@@ -35,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import chat
 import checkpoint
+import hf
 from machine import (Budget, StopRequest, autocast, choose, duration, inject_faults, join_torchrun, peak_flops,
                      read_faults, tune_process)
 from model import GPT, GPTConfig
@@ -51,7 +51,7 @@ eval_sample = ''  # a message from A: at each eval the model's reply is printed 
 always_save_checkpoint = True  # else only when the val loss improves
 # 'scratch'; 'resume' (out_dir/ckpt.pt: weights, optimizer, iteration); 'auto' (resume if out_dir/ckpt.pt
 # exists, else scratch; 'auto:<init>' else that init); the path of one of our .pt files (its weights,
-# a fresh optimizer, schedule and iteration count: pretrain -> finetune); 'gpt2'...'gpt2-xl' or a HF GPT-2 folder
+# a fresh optimizer, schedule and iteration count: pretrain -> finetune); a HF folder or hub name (hf.py)
 init_from = 'scratch'
 keep_last = 2  # ckpt_<iter>.pt copies kept beside ckpt.pt (hard links: the newest costs no disk)
 keep_every_hours = 0.0  # also keep one ckpt_<iter>.pt per this many hours for good (0 = off)
@@ -200,8 +200,8 @@ elif init_from == 'scratch':
     vocab_size = math.ceil(meta['vocab_size'] / 64) * 64  # padded for faster matmuls; extra ids never occur
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
                           n_embd=n_embd, dropout=dropout, bias=bias, rope=rope), zero_proj=zero_proj)
-else:  # OpenAI's GPT-2 weights
-    model = GPT.from_pretrained(init_from, dropout=dropout)
+else:  # a Hugging Face model: GPT-2, GPT-NeoX (Pythia), Llama-family (hf.py)
+    model = hf.load(init_from, dropout=dropout)
 if not resume:  # a new run: the weights fit our block_size
     if block_size > model.config.block_size:
         sys.exit(f"block_size {block_size} is larger than {init_from}'s {model.config.block_size}")
