@@ -1,7 +1,7 @@
 """
 Hugging Face model folders in and out: GPT-2 (GPT2LMHeadModel), GPT-NeoX (GPTNeoXForCausalLM:
-Pythia) and the Llama family (LlamaForCausalLM: SmolLM2, TinyLlama). config.json <-> GPTConfig,
-the tensor names and layouts, hub-name downloads. transformers is not needed (tests use it).
+Pythia) and the Llama family (LlamaForCausalLM: SmolLM2, TinyLlama; Qwen2ForCausalLM: Llama's blocks
+with query/key/value biases). config.json <-> GPTConfig, the tensor names and layouts, hub-name downloads. transformers is not needed (tests use it).
 
     model = hf.load('pythia-160m')       # a hub name (downloaded once), or a local folder
     hf.save(model, 'out-hf', eot=0)      # config.json + model.safetensors that transformers loads
@@ -21,7 +21,7 @@ HUB = {
        for size in ("70m", "160m", "410m", "1b", "1.4b") for data in ("", "-deduped")},
     "SmolLM2-135M": "HuggingFaceTB/SmolLM2-135M",
     "SmolLM2-360M": "HuggingFaceTB/SmolLM2-360M",
-    "TinyLlama-1.1B": "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
+    "Qwen2.5-0.5B": "Qwen/Qwen2.5-0.5B",
 }
 
 # Each family's tensor names. Ours are module paths; a block's are relative to transformer.h.<i>.
@@ -44,7 +44,9 @@ FAMILIES = {
                          "attn.c_proj": "self_attn.o_proj", "ln_2": "post_attention_layernorm",
                          "mlp.c_fc": ("mlp.gate_proj", "mlp.up_proj"), "mlp.c_proj": "mlp.down_proj"}),
 }
-ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM"}
+FAMILIES["qwen2"] = FAMILIES["llama"]  # the same names, biases on q, k, v
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
+                 "qwen2": "Qwen2ForCausalLM"}
 # GPT-2 stores its block matrices as Conv1D weights, (in, out): transposed to ours
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # buffers some files carry, no weights: attention masks, rotary frequencies
@@ -88,7 +90,7 @@ def config_from_hf(hf, dropout=0.0):
             n_embd=hf["n_embd"], dropout=dropout, bias=True, norm_eps=hf.get("layer_norm_epsilon", 1e-5),
             mlp=ACTIVATIONS[hf.get("activation_function", "gelu_new")], mlp_hidden=hf.get("n_inner") or 0,
             tie_embeddings=hf.get("tie_word_embeddings", True))
-    act = hf.get("hidden_act", "silu" if family == "llama" else "gelu")
+    act = hf.get("hidden_act", "gelu" if family == "gpt_neox" else "silu")
     common = dict(block_size=hf["max_position_embeddings"], vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"],
                   n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"], dropout=dropout, rope=True,
                   mlp_hidden=hf["intermediate_size"], tie_embeddings=hf.get("tie_word_embeddings", False))
@@ -99,16 +101,21 @@ def config_from_hf(hf, dropout=0.0):
         return family, GPTConfig(**common, bias=True, rope_theta=theta, rotary_pct=pct, mlp=ACTIVATIONS[act],
                                  parallel_residual=hf.get("use_parallel_residual", True),
                                  norm_eps=hf.get("layer_norm_eps", 1e-5))
-    if family == "llama":
+    if family in ("llama", "qwen2"):
         theta, pct = rope_settings(hf)
         bias = hf.get("attention_bias", False)
-        if act != "silu" or pct != 1.0 or bias != hf.get("mlp_bias", False) or \
-                hf.get("head_dim", hf["hidden_size"] // hf["num_attention_heads"]) * hf["num_attention_heads"] != hf["hidden_size"]:
-            raise ValueError("this Llama (hidden_act, partial rotary, biases in attention only, or head_dim) "
-                             "is not one model.py has")
+        head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+        unsupported = [what for what, found in (
+            (f"hidden_act {act}", act != "silu"), (f"partial rotary {pct}", pct != 1.0),
+            ("biases in attention only", bias != hf.get("mlp_bias", False)),
+            ("a sliding window", hf.get("use_sliding_window")),
+            (f"head_dim {head_dim}", head_dim * hf["num_attention_heads"] != hf["hidden_size"])) if found]
+        if unsupported:
+            raise ValueError(f"{family} with {', '.join(unsupported)}: not one model.py has")
         return family, GPTConfig(**common, bias=bias, rope_theta=theta, n_kv_head=hf.get("num_key_value_heads") or 0,
-                                 norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu")
-    raise ValueError(f"model_type {family!r}: hf.py reads gpt2, gpt_neox and llama folders")
+                                 norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu",
+                                 qkv_bias=family == "qwen2")
+    raise ValueError(f"model_type {family!r}: hf.py reads gpt2, gpt_neox, llama and qwen2 folders")
 
 
 def their_names(ours, family):
@@ -197,10 +204,11 @@ def family_of(config):
     if not c.rope:
         family, fits = "gpt2", c.norm == "layernorm" and c.mlp != "swiglu" and not c.parallel_residual
     elif c.norm == "rmsnorm":
-        family, fits = "llama", c.mlp == "swiglu" and c.rotary_pct == 1.0 and not c.parallel_residual
+        family = "qwen2" if c.qkv_bias and not c.bias else "llama"
+        fits = c.mlp == "swiglu" and c.rotary_pct == 1.0 and not c.parallel_residual
     else:
         family, fits = "gpt_neox", c.mlp != "swiglu"
-    if not fits or (family != "llama" and c.n_kv_head != c.n_head):
+    if not fits or (c.qkv_bias and family != "qwen2") or (family in ("gpt2", "gpt_neox") and c.n_kv_head != c.n_head):
         raise ValueError(f"no transformers architecture has this model's blocks: {config}")
     return family
 
@@ -220,8 +228,8 @@ def hf_config(config, family):
     if family == "gpt_neox":  # always with biases: zeros where ours has none behave the same
         return dict(common, layer_norm_eps=c.norm_eps, use_parallel_residual=c.parallel_residual, attention_bias=True,
                     hidden_dropout=c.dropout, rotary_pct=c.rotary_pct, rotary_emb_base=c.rope_theta)
-    return dict(common, num_key_value_heads=c.n_kv_head, rms_norm_eps=c.norm_eps, attention_bias=c.bias,
-                mlp_bias=c.bias)
+    common.update(num_key_value_heads=c.n_kv_head, rms_norm_eps=c.norm_eps)
+    return common if family == "qwen2" else dict(common, attention_bias=c.bias, mlp_bias=c.bias)
 
 
 def save(model, out_dir, eot=None):
@@ -234,7 +242,7 @@ def save(model, out_dir, eot=None):
     ours = {k: v.float() for k, v in model.state_dict().items()}
     if config.tie_embeddings:
         del ours["lm_head.weight"]  # wte's (safetensors refuses shared tensors anyway)
-    if not config.bias and family != "llama":  # GPT-2 and GPT-NeoX always have biases: zeros behave the same
+    if not config.bias and family in ("gpt2", "gpt_neox"):  # they always have biases: zeros behave the same
         for name, m in model.named_modules():
             if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm)) and name != "lm_head":
                 ours[name + ".bias"] = torch.zeros(m.weight.size(0))

@@ -35,6 +35,7 @@ class GPTConfig:
     mlp: str = "gelu_tanh"  # "gelu_tanh" (GPT-2's gelu_new), "gelu" (exact: Pythia), "swiglu" (Llama)
     mlp_hidden: int = 0  # the MLP's inner width; 0: 4 * n_embd
     tie_embeddings: bool = True  # lm_head is the token embedding (GPT-2); Pythia and larger Llamas have their own
+    qkv_bias: bool = False  # biases on the query/key/value projection even without bias (Qwen2)
 
     def __post_init__(self):
         self.n_kv_head = self.n_kv_head or self.n_head
@@ -166,7 +167,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, config.n_embd // config.n_head
         # all queries, then the keys and values of the n_kv_head heads
-        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * self.head_size, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * self.head_size,
+                                bias=config.bias or config.qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = Dropout(config.dropout)
         rotary_dims = int(self.head_size * config.rotary_pct)

@@ -1,6 +1,6 @@
 """hf.py against transformers, offline: tiny random GPT-2, GPT-NeoX (Pythia's parallel residual,
-partial rotary, untied head) and Llama (RMSNorm, SwiGLU, grouped-query attention, tied or not)
-models saved as folders load with the same logits and greedy tokens, decode the same with and
+partial rotary, untied head), Llama (RMSNorm, SwiGLU, grouped-query attention, tied or not) and
+Qwen2 (Llama's blocks with query/key/value biases) models saved as folders load with the same logits and greedy tokens, decode the same with and
 without the KV cache, finetune and resume exactly through train.py, and export back to folders
 that transformers loads with the same logits."""
 import json
@@ -106,6 +106,11 @@ FAMILIES = {
         tie_word_embeddings=tied, rms_norm_eps=1e-5),
         dict(rope=True, rope_theta=500.0, n_kv_head=2, norm="rmsnorm", mlp="swiglu", mlp_hidden=96, bias=False,
              tie_embeddings=tied)) for tied in (True, False)},
+    "qwen2": (lambda: transformers.Qwen2Config(
+        vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=96, max_position_embeddings=64, rope_parameters=dict(rope_type="default", rope_theta=500.0),
+        tie_word_embeddings=True),
+        dict(rope=True, n_kv_head=2, norm="rmsnorm", mlp="swiglu", bias=False, qkv_bias=True)),
 }
 
 
