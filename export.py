@@ -1,7 +1,8 @@
 """
-Export a train.py checkpoint as a Hugging Face GPT-2 folder (GPT-NeoX for a model trained with
---rope=True) that transformers loads and generates from: config.json and model.safetensors, plus the
-tokenizer when it has a HF form (GPT-2's, or a BPE trained by a prepare script; a char tokenizer has none).
+Export a train.py checkpoint as a Hugging Face folder that transformers loads and generates from:
+GPT-2, GPT-NeoX (a rope model, as Pythia) or Llama / Qwen2 (RMSNorm and SwiGLU blocks), see hf.py;
+config.json and model.safetensors, plus the tokenizer when it has a HF form (GPT-2's, a BPE trained
+by a prepare script, or the model's own tokenizer.json; a char tokenizer has none).
 
 $ python export.py --out_dir=out-finetune-chat --to=hf-chat
 >>> from transformers import AutoModelForCausalLM, AutoTokenizer
