@@ -152,6 +152,18 @@ def test_cached_decoding_matches_uncached(folder):
     assert_same_greedy(plain, generate_with_logits(ours, prompt, 80, temperature=0), min_steps=30)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("folder", ["llama_gqa_tied"], indirect=True)
+def test_graph_decoding_with_fewer_kv_heads(folder):
+    """The captured one-token step reads and writes the cache's n_kv_head heads as eager decoding does."""
+    path, _, _ = folder
+    ours = hf.load(str(path)).eval().cuda()
+    prompt = torch.randint(0, 97, (2, 8), device="cuda")
+    plain = generate_with_logits(ours, prompt, 80, temperature=0, kv_cache=False)
+    ours.static_decode(graph=True)
+    assert_same_greedy(plain, generate_with_logits(ours, prompt, 80, temperature=0), min_steps=30)
+
+
 def test_export_loads_in_transformers_with_the_same_logits(folder, tmp_path):
     path, _, _ = folder
     ours = hf.load(str(path)).eval()
