@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from chat import CONTEXT_LABEL, FORMAT_VERSION, LABELS, SEPARATOR, Dialogue, Document, dialogue_pieces
-from tokenizer import BPE_FILE, content_hash, read_bpe_file, token_dtype, tokenizer_key
+from tokenizer import BPE_FILE, FILE_KINDS, content_hash, read_bpe_file, token_dtype, tokenizer_key
 from workers import parallel_map
 
 # -----------------------------------------------------------------------------
@@ -39,7 +39,7 @@ def load_meta(data_dir):
     if not path.exists():
         sys.exit(f"error: {path} not found: prepare the dataset first (python data/<name>/prepare.py)")
     meta = json.loads(path.read_text())
-    if meta["tokenizer"]["kind"] == "bpe":  # its file, beside the shards, goes inline: a checkpoint
+    if meta["tokenizer"]["kind"] in FILE_KINDS:  # its file, beside the shards, goes inline: a checkpoint
         # keeps this meta, and then needs no dataset folder to rebuild the tokenizer
         meta["tokenizer"]["json"] = read_bpe_file({**meta["tokenizer"], "dir": data_dir})
     return meta
@@ -262,7 +262,7 @@ def write_dataset(out_dir, items, tok, inputs, report, append=False, seed=1337, 
     out_dir.mkdir(parents=True, exist_ok=True)
     old = json.loads((out_dir / "meta.json").read_text()) if append and (out_dir / "meta.json").exists() else None
     files = {f"{s}.{ext}": out_dir / f"{s}.{ext}" for s in SPLITS for ext in ("bin", "roles")}
-    if tok.spec["kind"] == "bpe" and not old:  # a BPE trained for this run: its file goes in with the shards
+    if tok.spec["kind"] in FILE_KINDS and not old:  # a BPE trained for this run, or a model's: its file goes in with the shards
         files[BPE_FILE] = out_dir / BPE_FILE
     tmp = {name: Path(f"{path}.tmp") for name, path in files.items()}
     counts = {s: Counter() for s in SPLITS}

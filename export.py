@@ -19,6 +19,7 @@ import torch
 import checkpoint
 import hf
 from model import GPT
+from tokenizer import FILE_KINDS, load_tokenizer
 
 out_dir = 'out'
 init_from = 'resume'  # out_dir/ckpt.pt, or the path of a checkpoint (e.g. out/best.pt)
@@ -44,10 +45,12 @@ def write_hf(ckpt):
             with open(os.path.join(to, ours), 'wb') as f:
                 f.write(read_file_cached(url + theirs))
         tokenizer_config['tokenizer_class'] = 'GPT2Tokenizer'
-    elif spec['kind'] == 'bpe':  # trained with HF tokenizers: its tokenizer.json is already the HF form
+    elif spec['kind'] in FILE_KINDS:  # HF tokenizers' tokenizer.json (trained by prepare, or the model's own)
         with open(os.path.join(to, 'tokenizer.json'), 'w', encoding='utf-8') as f:
             f.write(spec['json'])  # the checkpoint carries it (dataset.load_meta)
-        tokenizer_config['tokenizer_class'] = 'PreTrainedTokenizerFast'
+        eot_text = load_tokenizer(spec).decode([meta['eot']])  # a model's own may be </s>
+        tokenizer_config.update(bos_token=eot_text, eos_token=eot_text, unk_token=eot_text,
+                                tokenizer_class='PreTrainedTokenizerFast')
     else:
         print(f"no tokenizer written: the {spec['kind']} tokenizer has no Hugging Face form")
         return

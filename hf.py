@@ -1,7 +1,8 @@
 """
 Hugging Face model folders in and out: GPT-2 (GPT2LMHeadModel), GPT-NeoX (GPTNeoXForCausalLM:
 Pythia) and the Llama family (LlamaForCausalLM: SmolLM2, TinyLlama; Qwen2ForCausalLM: Llama's blocks
-with query/key/value biases). config.json <-> GPTConfig, the tensor names and layouts, hub-name downloads. transformers is not needed (tests use it).
+with query/key/value biases). config.json <-> GPTConfig, the tensor names and layouts, hub-name downloads,
+and the model's own tokenizer.json (tokenizer.HFTokenizer), which the data it fine-tunes on must share. transformers is not needed (tests use it).
 
     model = hf.load('pythia-160m')       # a hub name (downloaded once), or a local folder
     hf.save(model, 'out-hf', eot=0)      # config.json + model.safetensors that transformers loads
@@ -9,10 +10,12 @@ with query/key/value biases). config.json <-> GPTConfig, the tensor names and la
 import glob
 import json
 import os
+import sys
 
 import torch
 
 from model import GPT, GPTConfig
+from tokenizer import BPE_FILE, content_hash, load_tokenizer, model_tokenizer
 
 # the names init_from takes besides a folder, and their hub repositories
 HUB = {
@@ -67,6 +70,33 @@ def download(name_or_dir):
     if not glob.glob(os.path.join(path, "*.safetensors")):  # older repositories: pytorch_model.bin only
         path = snapshot_download(HUB[name_or_dir], allow_patterns=files + ["pytorch_model*.bin"])
     return path
+
+
+def tokenizer(name_or_dir):
+    """The model's tokenizer: its folder's tokenizer.json, else GPT-2's (GPT-2 folders without one)."""
+    path = download(name_or_dir)
+    return model_tokenizer(path, name_or_dir) if os.path.isfile(os.path.join(path, BPE_FILE)) else load_tokenizer("gpt2")
+
+
+def load_start(name_or_dir, dataset, dropout=0.0):
+    """The model a train.py run fine-tunes (load), or exit with the reason when dataset (a
+    dataset.Dataset) was encoded with another tokenizer than the folder's own tokenizer.json.
+    GPT-2's folders hold GPT-2's tokenizer, which is tiktoken's gpt2."""
+    path = download(name_or_dir)
+    data = dataset.meta["tokenizer"]
+    file = os.path.join(path, BPE_FILE)
+    gpt2 = read_config(path).get("model_type") == "gpt2" and data == {"kind": "tiktoken", "name": "gpt2"}
+    if os.path.isfile(file) and not gpt2:
+        with open(file, "rb") as f:
+            if data.get("hash") != content_hash([f.read()]):
+                sys.exit(f"error: {dataset.dir} is encoded with tokenizer {data.get('name', data['kind'])}, not with "
+                         f"{name_or_dir}'s own ({file}): prepare it with --tokenizer={name_or_dir}")
+    return load(path, dropout)
+
+
+def read_config(path):
+    with open(os.path.join(path, "config.json")) as f:
+        return json.load(f)
 
 
 def rope_settings(hf, default_pct=1.0):
@@ -166,8 +196,7 @@ def read_tensors(path):
 def load(name_or_dir, dropout=0.0):
     """The GPT of a Hugging Face folder (or a HUB name): its architecture and weights."""
     path = download(name_or_dir)
-    with open(os.path.join(path, "config.json")) as f:
-        family, config = config_from_hf(json.load(f), dropout)
+    family, config = config_from_hf(read_config(path), dropout)
     theirs = {k: v for k, v in read_tensors(path).items() if not k.endswith(BUFFERS)}
     if family == "gpt2":  # files saved from GPT2Model have no "transformer." prefix
         theirs = {k if k.startswith("lm_head") else "transformer." + k.removeprefix("transformer."): v

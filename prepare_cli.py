@@ -15,7 +15,7 @@ from pathlib import Path
 from chat import CONTEXT_LABEL, LABELS, Document, dialogue_pieces
 from dataset import SPLITS, NothingKept, file_identity, is_val, load_meta, recover, split_key, write_dataset
 from readers import MAX_RECORD_MB, Report, expand_inputs
-from tokenizer import CharTokenizer, load_tokenizer, train_bpe
+from tokenizer import BPE_FILE, CharTokenizer, load_tokenizer, train_bpe
 
 
 class PrepareParser(argparse.ArgumentParser):
@@ -42,8 +42,10 @@ def prepare_parser(description):
     p.add_argument("--out_dir", help="output folder (default: this script's folder)")
     p.add_argument("--append", action="store_true", help="add only new inputs to an existing dataset")
     p.add_argument("--tokenizer", help="a tiktoken encoding (default gpt2; cl100k_base, ...), 'char', "
-                   "'bpe:N' to train an N-token byte-level BPE on the inputs (saved as tokenizer.json), or the "
-                   "folder of a prepared dataset to encode with its tokenizer (a test set for a model trained on it)")
+                   "'bpe:N' to train an N-token byte-level BPE on the inputs (saved as tokenizer.json), the "
+                   "folder of a prepared dataset to encode with its tokenizer (a test set for a model trained on it), "
+                   "or a Hugging Face model (a folder with a tokenizer.json, or a name: pythia-160m, SmolLM2-135M, ...) "
+                   "to encode with the model's own tokenizer for fine-tuning it")
     p.add_argument("--val_fraction", type=float, default=0.05, help="share of dialogues for val (by seeded hash), in [0, 1)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the train/val hash split")
     p.add_argument("--workers", type=int, default=min(4, available_cores()),
@@ -65,9 +67,10 @@ def check_settings(args):
         import tiktoken
         names, size = tiktoken.list_encoding_names(), args.tokenizer.removeprefix("bpe:")
         if not (args.tokenizer in ("char", *names) or args.tokenizer.startswith("bpe:") and size.isdigit() and int(size) > 257
-                or (Path(args.tokenizer) / "meta.json").is_file()):
+                or (Path(args.tokenizer) / "meta.json").is_file() or is_model(args.tokenizer)):
             bad("--tokenizer", args.tokenizer, f"a tiktoken encoding ({', '.join(names)}), char, "
-                "bpe:N with N > 257 (256 bytes, eot, merges), e.g. bpe:4096, or a prepared dataset's folder")
+                "bpe:N with N > 257 (256 bytes, eot, merges), e.g. bpe:4096, a prepared dataset's folder, "
+                "or a Hugging Face model's folder (with a tokenizer.json) or name (pythia-160m, ...)")
     if args.workers < 1:
         bad("--workers", args.workers, "at least 1")
     if not args.max_record_mb > 0:
@@ -84,6 +87,14 @@ def check_settings(args):
         print(f"--workers {args.workers}: capped at the {cores} cores available", file=sys.stderr)
         args.workers = cores
     return args
+
+
+def is_model(name):
+    """A Hugging Face model's folder (a tokenizer.json and no meta.json), or a name hf.py downloads."""
+    if (Path(name) / BPE_FILE).is_file():
+        return not (Path(name) / "meta.json").is_file()
+    import hf  # torch comes with it: only for a name nothing else matched
+    return name in hf.HUB
 
 
 def item_texts(item):
@@ -135,6 +146,9 @@ def prepare(args, read_items, script_file, patterns=("*",)):
         tok = train_bpe(texts, int(args.tokenizer[len("bpe:"):]), args.tokenizer)
     elif args.tokenizer and (Path(args.tokenizer) / "meta.json").is_file():  # the same ids as that dataset's
         tok = load_tokenizer(load_meta(args.tokenizer))
+    elif args.tokenizer and is_model(args.tokenizer):  # a model's own ids, to fine-tune it
+        import hf
+        tok = hf.tokenizer(args.tokenizer)
     else:
         tok = load_tokenizer(args.tokenizer or "gpt2")
     try:

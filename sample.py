@@ -83,9 +83,9 @@ if init_from == 'resume' or init_from.endswith('.pt'):
         sys.exit(f"error: {e}")
     model = GPT.from_checkpoint(ckpt)
     tok = load_tokenizer(ckpt['meta'])
-else:  # OpenAI's GPT-2 or a local Hugging Face GPT-2 folder
+else:  # a Hugging Face model (hf.py): a folder or a hub name, and its own tokenizer
     model = hf.load(init_from)
-    tok = load_tokenizer('gpt2')
+    tok = hf.tokenizer(init_from)
 model.eval().to(device)
 if device_type == 'cuda':  # the weights cast once, not by autocast for every token, and each token one graph replay
     model.to(DTYPES[dtype])

@@ -203,7 +203,7 @@ elif init_from == 'scratch':
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
                           n_embd=n_embd, dropout=dropout, bias=bias, rope=rope), zero_proj=zero_proj)
 else:  # a Hugging Face model: GPT-2, GPT-NeoX (Pythia), Llama-family (hf.py)
-    model = hf.load(init_from, dropout=dropout)
+    model = hf.load_start(init_from, datasets[0], dropout)
 if not resume:  # a new run: the weights fit our block_size
     if block_size > model.config.block_size:
         sys.exit(f"block_size {block_size} is larger than {init_from}'s {model.config.block_size}")

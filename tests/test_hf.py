@@ -11,9 +11,12 @@ import pytest
 import torch
 
 import hf
-from conftest import ROOT, assert_close_logits, assert_same_greedy, generate_with_logits
+from chat import render
+from conftest import ROOT, assert_close_logits, assert_same_greedy, generate_with_logits, shared_file
+from dataset import load_meta, open_split
 from model import GPT, GPTConfig, KVCache
 from test_train import assert_same_weights, load, train, write_tiny_dataset
+from tokenizer import EOT_TEXT
 
 transformers = pytest.importorskip("transformers", reason="transformers not installed (HF parity tests)")
 
@@ -224,3 +227,61 @@ def test_finetune_resume_sample_and_export(folder, tmp_path):
     ours = GPT.from_checkpoint(ckpt).eval()
     idx = torch.randint(0, 34, (2, 32))
     assert_close_logits(their_logits(theirs, idx), ours(idx, idx)[0])
+
+
+# ------------------------------------------------------------------ the model's own tokenizer
+
+def pythia_like_folder(path, texts):
+    """A tiny GPT-NeoX folder with a byte-level BPE tokenizer.json laid out as Pythia's: <|endoftext|>
+    id 0, <|padding|> 1, the model's vocab padded past the tokenizer's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=[EOT_TEXT, "<|padding|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    make_config, _ = FAMILIES["pythia"]
+    config = make_config()
+    config.vocab_size = 448
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    bpe.save(str(path / "tokenizer.json"))
+    return bpe
+
+
+def test_a_models_tokenizer_json_encodes_the_data_and_must_match_it(tmp_path):
+    """prepare --tokenizer=<model folder> encodes with the model's tokenizer.json (its eot the model's
+    <|endoftext|>); train.py fine-tunes on that data and refuses data in another tokenizer, naming
+    both; sample.py chats from the folder in its tokenizer; export.py writes the tokenizer back."""
+    dialogues = shared_file("dailydialog", "dialogues_validation.txt")
+    texts = dialogues.read_text().replace(" __eou__ ", "\n").splitlines()[:300]
+    bpe = pythia_like_folder(tmp_path / "pythia", texts)
+    prepare = [sys.executable, "data/dailydialog/prepare.py", str(dialogues), f"--tokenizer={tmp_path / 'pythia'}",
+               f"--out_dir={tmp_path / 'data'}"]
+    subprocess.run(prepare, cwd=ROOT, check=True, capture_output=True, timeout=120)
+    meta = load_meta(tmp_path / "data")
+    assert meta["tokenizer"]["kind"] == "hf" and meta["eot"] == 0 and meta["vocab_size"] == bpe.get_vocab_size()
+    assert (tmp_path / "data" / "tokenizer.json").read_text() == (tmp_path / "pythia" / "tokenizer.json").read_text()
+    tokens, _ = open_split(tmp_path / "data", "train", meta)
+    first = tokens[:list(tokens[1:]).index(0) + 1].tolist()  # the eot, then the first dialogue
+    tok = hf.tokenizer(str(tmp_path / "pythia"))
+    assert first[0] == 0 and bpe.decode(first[1:]).startswith("A: ")
+    assert render(tok, [bpe.decode(first[1:])[3:].split("\n\n\n")[0]])[0][:4] == first[:4]
+    assert 0 not in tok.encode(f"a literal {EOT_TEXT} stays text")
+
+    train(tmp_path / "data", tmp_path / "out", f"--init_from={tmp_path / 'pythia'}", "--max_iters=2")
+    assert load(tmp_path / "out" / "ckpt.pt")["meta"]["tokenizer"]["kind"] == "hf"
+    write_tiny_dataset(tmp_path / "chars")
+    p = train(tmp_path / "chars", tmp_path / "refused", f"--init_from={tmp_path / 'pythia'}", check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    assert "tokenizer char" in p.stderr and f"--tokenizer={tmp_path / 'pythia'}" in p.stderr
+
+    chat = subprocess.run([sys.executable, "sample.py", f"--init_from={tmp_path / 'pythia'}", "--interactive",
+                           "--device=cpu", "--dtype=float32", "--temperature=0", "--max_new_tokens=8"],
+                          cwd=ROOT, input="hello\n", capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 0 and chat.stdout.startswith("A: hello\nB:"), chat.stdout + chat.stderr
+    subprocess.run([sys.executable, "export.py", f"--out_dir={tmp_path / 'out'}", f"--to={tmp_path / 'hf'}"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=120)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "A: Hello there, how are you today?\n\n\nB: Fine, thanks!"
+    assert theirs.encode(text) == tok.encode(text) and theirs.eos_token_id == 0
