@@ -79,19 +79,22 @@ def tokenizer(name_or_dir):
 
 
 def load_start(name_or_dir, dataset, dropout=0.0):
-    """The model a train.py run fine-tunes (load), or exit with the reason when dataset (a
-    dataset.Dataset) was encoded with another tokenizer than the folder's own tokenizer.json.
-    GPT-2's folders hold GPT-2's tokenizer, which is tiktoken's gpt2."""
-    path = download(name_or_dir)
-    data = dataset.meta["tokenizer"]
-    file = os.path.join(path, BPE_FILE)
-    gpt2 = read_config(path).get("model_type") == "gpt2" and data == {"kind": "tiktoken", "name": "gpt2"}
-    if os.path.isfile(file) and not gpt2:
-        with open(file, "rb") as f:
-            if data.get("hash") != content_hash([f.read()]):
-                sys.exit(f"error: {dataset.dir} is encoded with tokenizer {data.get('name', data['kind'])}, not with "
-                         f"{name_or_dir}'s own ({file}): prepare it with --tokenizer={name_or_dir}")
-    return load(path, dropout)
+    """The model a train.py run fine-tunes (load), or exit with the reason in one line: no such
+    model, one model.py has no blocks for, or dataset (a dataset.Dataset) encoded with another
+    tokenizer than the folder's own tokenizer.json (GPT-2's folders: tiktoken's gpt2)."""
+    try:
+        path = download(name_or_dir)
+        data = dataset.meta["tokenizer"]
+        file = os.path.join(path, BPE_FILE)
+        gpt2 = read_config(path).get("model_type") == "gpt2" and data == {"kind": "tiktoken", "name": "gpt2"}
+        if os.path.isfile(file) and not gpt2:
+            with open(file, "rb") as f:
+                if data.get("hash") != content_hash([f.read()]):
+                    sys.exit(f"error: {dataset.dir} is encoded with tokenizer {data.get('name', data['kind'])}, "
+                             f"not with {name_or_dir}'s own ({file}): prepare it with --tokenizer={name_or_dir}")
+        return load(path, dropout)
+    except (ValueError, OSError) as e:  # OSError: a file missing, or the hub out of reach
+        sys.exit(f"error: init_from={name_or_dir}: {e}")
 
 
 def read_config(path):
@@ -210,7 +213,7 @@ def load(name_or_dir, dropout=0.0):
         names = names if isinstance(names, tuple) else (names,)
         missing = [n for n in names if n not in theirs]
         if missing:
-            raise KeyError(f"{path} has no {missing[0]} (for our {k})")
+            raise ValueError(f"{path} has no {missing[0]} (for our {k})")
         v = torch.cat([theirs[n] for n in names])
         if family == "gpt2" and k.endswith(CONV1D):
             v = v.t()
@@ -220,7 +223,7 @@ def load(name_or_dir, dropout=0.0):
         used.update(names)
     unused = set(theirs) - used - {"lm_head.weight"}
     if unused:
-        raise KeyError(f"{path} has weights model.py has no place for: {', '.join(sorted(unused)[:4])}")
+        raise ValueError(f"{path} has weights model.py has no place for: {', '.join(sorted(unused)[:4])}")
     if config.tie_embeddings:
         state["lm_head.weight"] = state["transformer.wte.weight"]
     model.load_state_dict(state)

@@ -275,6 +275,8 @@ def test_a_models_tokenizer_json_encodes_the_data_and_must_match_it(tmp_path):
     p = train(tmp_path / "chars", tmp_path / "refused", f"--init_from={tmp_path / 'pythia'}", check=False)
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
     assert "tokenizer char" in p.stderr and f"--tokenizer={tmp_path / 'pythia'}" in p.stderr
+    p = train(tmp_path / "chars", tmp_path / "refused", "--init_from=pythia-16m", check=False)  # a typo: no download
+    assert p.returncode != 0 and "Traceback" not in p.stderr and "pythia-160m" in p.stderr, p.stderr
 
     chat = subprocess.run([sys.executable, "sample.py", f"--init_from={tmp_path / 'pythia'}", "--interactive",
                            "--device=cpu", "--dtype=float32", "--temperature=0", "--max_new_tokens=8"],
