@@ -93,7 +93,7 @@ def test_rope_exports_as_gpt_neox(tmp_path, bias):
     assert_close_logits(their_logits(theirs, idx), ours(idx, idx)[0])
 
 
-# ------------------------------------------------------------------------ GPT-NeoX and Llama
+# ---------------------------------------------------------------- GPT-NeoX, Llama and Qwen2
 
 # each a config whose every setting differs from GPT-2's, and what ours must read from it
 FAMILIES = {
