@@ -202,6 +202,24 @@ def test_transformers_4_rotary_keys(folder, tmp_path):
         hf.load(str(tmp_path))
 
 
+@pytest.mark.parametrize("change, message", [
+    (dict(model_type="mistral"), "reads gpt2, gpt_neox, llama and qwen2"),
+    (dict(hidden_act="gelu"), "hidden_act gelu"),
+    (dict(model_type="qwen2", use_sliding_window=True), "a sliding window"),
+    (dict(attention_bias=True), "biases in attention only"),
+])
+def test_configs_model_py_has_no_blocks_for_are_refused_with_the_reason(change, message):
+    config = transformers.LlamaConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+    with pytest.raises(ValueError, match=message):
+        hf.config_from_hf({**config.to_dict(), **change})
+
+
+def test_export_refuses_blocks_no_transformers_architecture_has(tmp_path):
+    model = GPT(GPTConfig(block_size=32, vocab_size=97, n_layer=1, n_head=2, n_embd=32, rope=True, mlp="swiglu"))
+    with pytest.raises(ValueError, match="no transformers architecture"):
+        hf.save(model, tmp_path)
+
+
 @pytest.mark.parametrize("folder", ["pythia", "llama_gqa_untied"], indirect=True)  # tying: GPT-2's tests
 def test_finetune_resume_sample_and_export(folder, tmp_path):
     """train.py init_from=<folder> keeps the family's fields in its checkpoints; a run SIGKILLed
