@@ -262,7 +262,7 @@ def write_dataset(out_dir, items, tok, inputs, report, append=False, seed=1337, 
     out_dir.mkdir(parents=True, exist_ok=True)
     old = json.loads((out_dir / "meta.json").read_text()) if append and (out_dir / "meta.json").exists() else None
     files = {f"{s}.{ext}": out_dir / f"{s}.{ext}" for s in SPLITS for ext in ("bin", "roles")}
-    if tok.spec["kind"] in FILE_KINDS and not old:  # a BPE trained for this run, or a model's: its file goes in with the shards
+    if tok.spec["kind"] in FILE_KINDS and not old:  # a BPE trained for this run, or a model's: in with the shards
         files[BPE_FILE] = out_dir / BPE_FILE
     tmp = {name: Path(f"{path}.tmp") for name, path in files.items()}
     counts = {s: Counter() for s in SPLITS}

@@ -1,8 +1,9 @@
 """
 Hugging Face model folders in and out: GPT-2 (GPT2LMHeadModel), GPT-NeoX (GPTNeoXForCausalLM:
-Pythia) and the Llama family (LlamaForCausalLM: SmolLM2, TinyLlama; Qwen2ForCausalLM: Llama's blocks
-with query/key/value biases). config.json <-> GPTConfig, the tensor names and layouts, hub-name downloads,
-and the model's own tokenizer.json (tokenizer.HFTokenizer), which the data it fine-tunes on must share. transformers is not needed (tests use it).
+Pythia) and the Llama family (LlamaForCausalLM: SmolLM2, TinyLlama; Qwen2ForCausalLM: Llama's
+blocks with query/key/value biases). config.json <-> GPTConfig, the tensor names and layouts,
+hub-name downloads, and the model's own tokenizer.json (tokenizer.HFTokenizer), which the data it
+fine-tunes on must share. transformers is not needed (tests use it).
 
     model = hf.load('pythia-160m')       # a hub name (downloaded once), or a local folder
     hf.save(model, 'out-hf', eot=0)      # config.json + model.safetensors that transformers loads
@@ -75,7 +76,9 @@ def download(name_or_dir):
 def tokenizer(name_or_dir):
     """The model's tokenizer: its folder's tokenizer.json, else GPT-2's (GPT-2 folders without one)."""
     path = download(name_or_dir)
-    return model_tokenizer(path, name_or_dir) if os.path.isfile(os.path.join(path, BPE_FILE)) else load_tokenizer("gpt2")
+    if os.path.isfile(os.path.join(path, BPE_FILE)):
+        return model_tokenizer(path, name_or_dir)
+    return load_tokenizer("gpt2")
 
 
 def load_start(name_or_dir, dataset, dropout=0.0):
@@ -124,8 +127,9 @@ def config_from_hf(hf, dropout=0.0):
             mlp=ACTIVATIONS[hf.get("activation_function", "gelu_new")], mlp_hidden=hf.get("n_inner") or 0,
             tie_embeddings=hf.get("tie_word_embeddings", True))
     act = hf.get("hidden_act", "gelu" if family == "gpt_neox" else "silu")
-    common = dict(block_size=hf["max_position_embeddings"], vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"],
-                  n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"], dropout=dropout, rope=True,
+    common = dict(block_size=hf["max_position_embeddings"], vocab_size=hf["vocab_size"],
+                  n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"],
+                  dropout=dropout, rope=True,
                   mlp_hidden=hf["intermediate_size"], tie_embeddings=hf.get("tie_word_embeddings", False))
     if family == "gpt_neox":
         theta, pct = rope_settings(hf, default_pct=0.25)  # transformers' default for GPT-NeoX
@@ -256,7 +260,8 @@ def hf_config(config, family):
     common = dict(hidden_size=c.n_embd, num_hidden_layers=c.n_layer, num_attention_heads=c.n_head,
                   intermediate_size=c.mlp_hidden, hidden_act=act, max_position_embeddings=c.block_size,
                   attention_dropout=0.0, rope_theta=c.rope_theta,  # transformers 4's key, 5's rope_parameters
-                  rope_parameters=dict(rope_type="default", rope_theta=c.rope_theta, partial_rotary_factor=c.rotary_pct))
+                  rope_parameters=dict(rope_type="default", rope_theta=c.rope_theta,
+                                       partial_rotary_factor=c.rotary_pct))
     if family == "gpt_neox":  # always with biases: zeros where ours has none behave the same
         return dict(common, layer_norm_eps=c.norm_eps, use_parallel_residual=c.parallel_residual, attention_bias=True,
                     hidden_dropout=c.dropout, rotary_pct=c.rotary_pct, rotary_emb_base=c.rope_theta)
@@ -266,8 +271,8 @@ def hf_config(config, family):
 
 def save(model, out_dir, eot=None):
     """Write config.json + model.safetensors that transformers loads (as GPT2LMHeadModel without
-    rope, else GPTNeoXForCausalLM, or LlamaForCausalLM with RMSNorm). eot, when given, becomes
-    the bos/eos token id. Tokenizer files are not written here."""
+    rope, else GPTNeoXForCausalLM, or with RMSNorm LlamaForCausalLM, Qwen2ForCausalLM given
+    qkv_bias). eot, when given, becomes the bos/eos token id. Tokenizer files are not written here."""
     from safetensors.torch import save_file
     config = model.config
     family = family_of(config)

@@ -1,8 +1,9 @@
 """hf.py against transformers, offline: tiny random GPT-2, GPT-NeoX (Pythia's parallel residual,
 partial rotary, untied head), Llama (RMSNorm, SwiGLU, grouped-query attention, tied or not) and
-Qwen2 (Llama's blocks with query/key/value biases) models saved as folders load with the same logits and greedy tokens, decode the same with and
-without the KV cache, finetune and resume exactly through train.py, and export back to folders
-that transformers loads with the same logits."""
+Qwen2 (Llama's blocks with query/key/value biases) models saved as folders load with the same
+logits and greedy tokens, decode the same with and without the KV cache, finetune and resume
+exactly through train.py, and export back to folders that transformers loads with the same
+logits. A model's own tokenizer.json encodes the data it fine-tunes on."""
 import json
 import subprocess
 import sys
