@@ -10,10 +10,12 @@ literal when it parses as one (--lr=3e-4, --bias=False), else as a string; a bar
 Settings are the globals of type int, float, bool, str or None; they keep their type (an int may
 go where a float is expected; a None default takes anything). Leaves `config_keys`, the setting
 names, so the caller can record the configuration. Mistakes exit with one line, not a traceback.
+--help (or -h) prints the caller's docstring and its settings as its source sets them, and exits 0.
 """
 import ast as _ast
 import builtins as _builtins
 import difflib as _difflib
+import re as _re
 import sys as _sys
 
 config_keys = [k for k, v in globals().items()
@@ -33,6 +35,24 @@ def _set(key, value, source):
     globals()[key] = value
 
 
+def _help():
+    """The script's docstring, then each setting's line from its source (default and comment)."""
+    try:
+        _source = open(__file__, encoding='utf-8').read().splitlines()
+    except (NameError, OSError):
+        _source = []
+    _lines = {}
+    for _line in _source:
+        _match = _re.match(r'(\w+)\s*=', _line)
+        if _match and _match.group(1) in config_keys:
+            _lines.setdefault(_match.group(1), _line)
+    print((globals().get('__doc__') or '').strip())
+    print("\nsettings (config/*.py files and --key=value override them, left to right; a bare --flag is True):")
+    for _key in config_keys:
+        print('  ' + _lines.get(_key, f"{_key} = {globals()[_key]!r}"))
+    _sys.exit(0)
+
+
 def _parse(key, text):
     if isinstance(globals().get(key), str):
         return text  # a str setting takes the text as it is (--wandb_run_name=2024 stays a string)
@@ -44,6 +64,8 @@ def _parse(key, text):
         return text
 
 
+if {'-h', '--help'} & set(_sys.argv[1:]):
+    _help()
 for _arg in _sys.argv[1:]:
     if not _arg.startswith('--'):  # a config file
         try:

@@ -73,3 +73,17 @@ def test_config_files_set_only_train_settings(monkeypatch, path):
     monkeypatch.setattr(sys, "argv", ["train.py", path])
     exec(CONFIGURATOR, env)
     assert env["out_dir"] != "out"  # each config writes to its own folder
+
+
+SCRIPTS = ["train.py", "sample.py", "eval.py", "export.py", "merge.py", "plot.py",
+           *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("data/*/prepare.py"))]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_answers_help(script):
+    """--help: the script's usage and settings, exit 0 (never "unknown config key 'help'")."""
+    import subprocess
+    out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    if script in ("train.py", "sample.py", "eval.py", "export.py"):  # the configurator's: every setting, with its default
+        assert "  out_dir = " in out.stdout and "settings" in out.stdout
