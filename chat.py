@@ -8,6 +8,7 @@ Also the tokenizers (tiktoken, char, trained BPE), the reply's stop rule, and re
 dataset (meta.json, the token and role shards). No torch and no I/O libraries: train.py and
 sample.py need nothing else from the data side. Writing datasets is shards.py's job.
 """
+import fcntl
 import hashlib
 import json
 import os
@@ -453,11 +454,38 @@ def atomic_write(path, mode="wb"):
     """Open path for writing through path.tmp, synced and renamed over path on success: a crash
     or an error leaves the old file (or none) whole, never half a file."""
     tmp = f"{path}.tmp"
-    with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
+    if os.path.lexists(tmp):
+        os.remove(tmp)  # a killed writer's: it may even be a hard link to a live file
+    # "x" (O_EXCL): a new file of its own, never written through a name another file holds
+    try:
+        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)  # a disk that filled up gets its space back
+        raise
     os.replace(tmp, path)
+
+
+def hold_folder(folder):
+    """Lock folder for this process as long as it lives (an advisory flock on folder/.lock, which
+    the OS releases when the process dies, however it dies), or exit in one line naming the process
+    that holds it: one run writes into a folder at a time. Returns the open lock file."""
+    os.makedirs(folder, exist_ok=True)
+    f = open(os.path.join(folder, ".lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        sys.exit(f"error: {folder} is in use by another run (pid {f.read().strip() or '?'}): wait for it "
+                 f"to end, or give this one another folder")
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def write_json(path, obj):

@@ -9,6 +9,7 @@ takes float32. sample.py generates in float32 on every CPU: decoding one token a
 by reading the weights, and autocast re-casts them for every token (~2x slower than float32).
 """
 import ctypes
+import errno
 import math
 import os
 import signal
@@ -98,10 +99,26 @@ class StopRequest:
         signal.signal(signum, signal.SIG_DFL)
 
 
+def fault_list():
+    """Tests only: NANOTALK_FAULT's comma-separated 'kind:where' pairs."""
+    return [f.split(':', 1) for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f]
+
+
 def read_faults():
-    """Tests only, from NANOTALK_FAULT (comma-separated): 'kill:K' SIGKILL after iter K, 'term:K'
-    SIGTERM rank 0 after K, 'nan:K' a NaN loss at K, 'slow:K' sleep after K -> {kind: K}."""
-    return {kind: int(k) for kind, k in (f.split(':') for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f)}
+    """Tests only, from NANOTALK_FAULT: 'kill:K' SIGKILL after iter K (in the first attempt of a
+    torchrun job: a restarted one goes on), 'term:K' SIGTERM rank 0 after K, 'nan:K' a NaN loss at
+    K, 'slow:K' sleep after K -> {kind: K}. Faults at a named point: see reached."""
+    return {kind: int(k) for kind, k in fault_list() if k.isdigit()}
+
+
+def reached(point):
+    """Tests only: where a run may fail as a machine makes it fail. NANOTALK_FAULT 'kill:<point>'
+    SIGKILLs this process here; '<ERRNO>:<point>' (ENOSPC, EROFS...) fails here as a write would."""
+    for kind, where in fault_list():
+        if where == point and kind == 'kill':
+            os.kill(os.getpid(), signal.SIGKILL)
+        if where == point and kind.startswith('E') and hasattr(errno, kind):
+            raise OSError(getattr(errno, kind), os.strerror(getattr(errno, kind)))
 
 
 def inject_faults(faults, iter_num, master, sleep_seconds):
@@ -109,7 +126,7 @@ def inject_faults(faults, iter_num, master, sleep_seconds):
     that use them are deterministic."""
     if faults.get('slow') == iter_num:
         time.sleep(sleep_seconds)
-    if faults.get('kill') == iter_num:
+    if faults.get('kill') == iter_num and os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') == '0':
         os.kill(os.getpid(), signal.SIGKILL)
     if faults.get('term') == iter_num and master:
         os.kill(os.getpid(), signal.SIGTERM)
