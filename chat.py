@@ -8,13 +8,16 @@ Also the tokenizers (tiktoken, char, trained BPE), the reply's stop rule, and re
 dataset (meta.json, the token and role shards). No torch and no I/O libraries: train.py and
 sample.py need nothing else from the data side. Writing datasets is shards.py's job.
 """
+import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
+import signal
 import sys
-from contextlib import contextmanager
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -361,6 +364,9 @@ SPLITS = ("train", "val")
 JOURNAL = "append.journal"
 
 
+META_KEYS = ("tokenizer", "vocab_size", "dtype", "eot")  # what reading a dataset needs of its meta.json
+
+
 def load_meta(data_dir):
     path = Path(data_dir) / "meta.json"
     if (Path(data_dir) / JOURNAL).exists():
@@ -368,7 +374,15 @@ def load_meta(data_dir):
                  f"--out_dir {data_dir} (e.g. the same --append), which puts the folder right first")
     if not path.exists():
         sys.exit(f"error: {path} not found: prepare the dataset first (python data/<name>/prepare.py)")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+        why = "" if isinstance(meta, dict) else "not a JSON object"
+    except (ValueError, OSError) as e:  # cut off, not UTF-8, unreadable
+        meta, why = {}, str(e)
+    missing = [k for k in META_KEYS if k not in meta]
+    if why or missing or not isinstance(meta["tokenizer"], dict) or "kind" not in meta["tokenizer"]:
+        sys.exit(f"error: {path} is damaged ({why or 'no ' + ', '.join(missing or ['tokenizer kind'])}): prepare the "
+                 f"dataset again (a prepare run without --append replaces it), or into another --out_dir")
     if meta["tokenizer"]["kind"] == "bpe":  # its file, beside the shards, goes inline: a checkpoint
         # keeps this meta, and then needs no dataset folder to rebuild the tokenizer
         meta["tokenizer"]["json"] = read_bpe_file({**meta["tokenizer"], "dir": data_dir})
@@ -386,6 +400,8 @@ def open_split(data_dir, split, meta=None):
     meta = meta or load_meta(data_dir)
 
     def view(path, dtype):  # an empty file (a small dataset's val) cannot be memory-mapped
+        if not path.is_file():
+            sys.exit(f"error: {path} not found: {data_dir} is not a whole dataset (prepare it again)")
         size, width = os.path.getsize(path), np.dtype(dtype).itemsize
         if size % width:
             sys.exit(f"error: {path} is {size:,} bytes, not a whole number of {width}-byte {dtype} tokens: "
@@ -424,9 +440,13 @@ def open_datasets(setting, data_root):
             weight = float(weight) if colon else 1.0
         except ValueError:
             sys.exit(f"dataset {part!r}: the weight after ':' must be a number")
+        if not 0 <= weight < math.inf:
+            sys.exit(f"dataset {part!r}: a weight is a share of the batches, a number >= 0, not {weight}")
         folder = os.path.join(data_root, name) if os.path.isdir(os.path.join(data_root, name)) else name
         meta = load_meta(folder)
         datasets.append(Dataset(name, folder, weight, meta, {s: open_split(folder, s, meta) for s in SPLITS}))
+    if not sum(d.weight for d in datasets) > 0:
+        sys.exit(f"dataset {setting!r}: the weights sum to 0: give some dataset a share of the batches")
     first = datasets[0]
     for d in datasets[1:]:
         if tokenizer_key(d.meta["tokenizer"]) != tokenizer_key(first.meta["tokenizer"]):
@@ -449,7 +469,7 @@ def file_identity(path):
                 "hash": content_hash(iter(lambda: f.read(1 << 22), b""))}
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     """Open path for writing through path.tmp, synced and renamed over path on success: a crash
     or an error leaves the old file (or none) whole, never half a file."""
@@ -469,23 +489,71 @@ def atomic_write(path, mode="wb"):
     os.replace(tmp, path)
 
 
+def reached(point):
+    """Tests only: where a run may fail as a machine makes it fail. NANOTALK_FAULT (comma-separated)
+    'kill:<point>' SIGKILLs this process there; '<ERRNO>:<point>' (ENOSPC, EROFS, ...) fails there
+    as a write would. Points: prepare-tokenizing, -appending, -renaming, -meta (shards.write_dataset),
+    out_dir, save-written, -replaced, -linked, -kept (checkpoint.py)."""
+    for fault in os.environ.get("NANOTALK_FAULT", "").split(","):
+        kind, _, where = fault.partition(":")
+        if where == point and kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if where == point and kind.startswith("E") and hasattr(errno, kind):
+            raise OSError(getattr(errno, kind), os.strerror(getattr(errno, kind)))
+
+
+held_folders = {}  # the real path of each folder this process holds -> the descriptor its lock is on
+
+
 def hold_folder(folder):
-    """Lock folder for this process as long as it lives (an advisory flock on folder/.lock, which
-    the OS releases when the process dies, however it dies), or exit in one line naming the process
-    that holds it: one run writes into a folder at a time. Returns the open lock file."""
+    """Make folder and lock it for one run: an advisory flock on the folder itself (nothing is
+    written in it), released by the returned ExitStack (with hold_folder(d): ...) or when the
+    process dies, however it dies. Held by another process: exit in one line naming it. Held by
+    this one already: a no-op."""
     os.makedirs(folder, exist_ok=True)
-    f = open(os.path.join(folder, ".lock"), "a+")
+    key = os.path.realpath(folder)
+    release = contextlib.ExitStack()
+    if key in held_folders:
+        return release
+    fd = os.open(key, os.O_RDONLY)
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        f.seek(0)
-        sys.exit(f"error: {folder} is in use by another run (pid {f.read().strip() or '?'}): wait for it "
-                 f"to end, or give this one another folder")
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
+        os.close(fd)
+        sys.exit(f"error: {folder} is in use by another run ({lock_holder(key)}): wait for it to end, or give this "
+                 f"one another folder")
+    held_folders[key] = fd
+    release.callback(lambda: os.close(held_folders.pop(key)))
+    return release
+
+
+def lock_holder(path):
+    """'pid N' of the process that holds path's flock, from Linux's /proc/locks; elsewhere 'a process'."""
+    inode = str(os.stat(path).st_ino)
+    try:
+        with open("/proc/locks") as f:
+            for fields in map(str.split, f):  # "1: FLOCK  ADVISORY  WRITE 4242 00:2f:1234 0 EOF"
+                i = fields.index("FLOCK") if "FLOCK" in fields else -1
+                if i >= 0 and len(fields) > i + 4 and fields[i + 4].rsplit(":", 1)[-1] == inode:
+                    return f"pid {fields[i + 3]}"
+    except OSError:
+        pass
+    return "a process"
+
+
+def in_use(folder):
+    """Whether another living process holds folder (hold_folder)."""
+    key = os.path.realpath(folder)
+    if key in held_folders:
+        return False
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def write_json(path, obj):

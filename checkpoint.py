@@ -21,7 +21,6 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 import chat
-from machine import reached
 from model import GPT
 
 GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
@@ -57,14 +56,15 @@ def load(path, device='cpu', keys=('model_args', 'model')):
 
 
 def hold(out_dir, master):
-    """out_dir made, and locked by the master rank for as long as the run lives (chat.hold_folder):
-    a second run on it stops at once. The other ranks never wait on a lock a killed run left."""
-    os.makedirs(out_dir, exist_ok=True)
+    """out_dir made and found writable, and locked for as long as the run lives (chat.hold_folder):
+    a second run on it stops at once. A job's ranks are one run: the master rank alone locks it."""
     try:
-        reached('lock')
-        return chat.hold_folder(out_dir) if master else None
+        os.makedirs(out_dir, exist_ok=True)
+        chat.reached('out_dir')
+        tempfile.TemporaryFile(dir=out_dir).close()  # a read-only disk stops the run here, not at its first save
     except OSError as e:
-        sys.exit(f"error: cannot write to {out_dir}: {e.strerror}")
+        sys.exit(f"error: cannot write in {out_dir}: {e.strerror}")
+    return chat.hold_folder(out_dir) if master else None
 
 
 def resolve_init(init_from, out_dir):
@@ -130,14 +130,14 @@ def save(out_dir, ckpt, model, optimizer, is_best=False, keep_last=2, keep_every
         # shares its inode with a live checkpoint where the next save would write through it
         with chat.atomic_write(path) as f:
             torch.save(ckpt, f)
-            reached('save-written')
-        reached('save-replaced')
+            chat.reached('save-written')
+        chat.reached('save-replaced')
         tmp = path + '.tmp'
         for name in (['best.pt'] if is_best else []) + ([f'ckpt_{iter_num}.pt'] if keep_last or keep_every_hours else []):
             os.link(path, tmp)  # the link keeps this file alive when the next ckpt.pt replaces the name
-            reached('save-linked')
+            chat.reached('save-linked')
             os.replace(tmp, os.path.join(out_dir, name))
-            reached('save-kept')
+            chat.reached('save-kept')
         prune(out_dir, keep_last, keep_every_hours)
     except OSError as e:
         sys.exit(f"error: cannot save the checkpoint of iter {iter_num} in {out_dir}: {e.strerror}. The checkpoints "

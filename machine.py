@@ -9,7 +9,6 @@ takes float32. sample.py generates in float32 on every CPU: decoding one token a
 by reading the weights, and autocast re-casts them for every token (~2x slower than float32).
 """
 import ctypes
-import errno
 import math
 import os
 import signal
@@ -99,26 +98,12 @@ class StopRequest:
         signal.signal(signum, signal.SIG_DFL)
 
 
-def fault_list():
-    """Tests only: NANOTALK_FAULT's comma-separated 'kind:where' pairs."""
-    return [f.split(':', 1) for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f]
-
-
 def read_faults():
-    """Tests only, from NANOTALK_FAULT: 'kill:K' SIGKILL after iter K (in the first attempt of a
-    torchrun job: a restarted one goes on), 'term:K' SIGTERM rank 0 after K, 'nan:K' a NaN loss at
-    K, 'slow:K' sleep after K -> {kind: K}. Faults at a named point: see reached."""
-    return {kind: int(k) for kind, k in fault_list() if k.isdigit()}
-
-
-def reached(point):
-    """Tests only: where a run may fail as a machine makes it fail. NANOTALK_FAULT 'kill:<point>'
-    SIGKILLs this process here; '<ERRNO>:<point>' (ENOSPC, EROFS...) fails here as a write would."""
-    for kind, where in fault_list():
-        if where == point and kind == 'kill':
-            os.kill(os.getpid(), signal.SIGKILL)
-        if where == point and kind.startswith('E') and hasattr(errno, kind):
-            raise OSError(getattr(errno, kind), os.strerror(getattr(errno, kind)))
+    """Tests only, from NANOTALK_FAULT (comma-separated): 'kill:K' SIGKILL after iter K (in the first
+    attempt of a torchrun job: a restarted one goes on), 'term:K' SIGTERM rank 0 after K, 'nan:K' a
+    NaN loss at K, 'slow:K' sleep after K -> {kind: K}. Faults at a named point: chat.reached."""
+    faults = (f.split(':', 1) for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f)
+    return {kind: int(k) for kind, k in faults if k.isdigit()}
 
 
 def inject_faults(faults, iter_num, master, sleep_seconds):

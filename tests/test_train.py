@@ -118,7 +118,7 @@ def test_learns_logs_and_checkpoints(runs):
     assert ckpt["config"]["batch_size"] == 4 and ckpt["meta"]["tokenizer"]["kind"] == "char"
     assert "fault" not in ckpt["config"]  # fault injection is no setting
     assert load(tmp / "full" / "best.pt")["iter_num"] == 8  # val improved at the end
-    assert sorted(os.listdir(tmp / "full")) == [".lock", "best.pt", "ckpt.pt", "ckpt_4.pt", "ckpt_8.pt", "log.jsonl"]  # keep_last=2
+    assert sorted(os.listdir(tmp / "full")) == ["best.pt", "ckpt.pt", "ckpt_4.pt", "ckpt_8.pt", "log.jsonl"]  # keep_last=2
 
 
 def test_rope_trains_resumes_and_scores(runs, tmp_path):
@@ -179,7 +179,7 @@ def test_exact_resume_after_sigterm_and_sigkill(runs):
     assert p.returncode == 128 + 15, p.stdout + p.stderr
     assert "stopped by a signal at iter 4" in p.stdout and "saved" in p.stdout
     assert load(out / "ckpt.pt")["iter_num"] == 4
-    assert sorted(os.listdir(out)) == [".lock", "best.pt", "ckpt.pt", "ckpt_2.pt", "ckpt_4.pt", "log.jsonl"]  # ckpt_2: the first hourly
+    assert sorted(os.listdir(out)) == ["best.pt", "ckpt.pt", "ckpt_2.pt", "ckpt_4.pt", "log.jsonl"]  # ckpt_2: the first hourly
     now = time.time()
     os.utime(out / "ckpt_2.pt", (now - 3 * 3600,) * 2)
     os.utime(out / "ckpt_4.pt", (now - 2.5 * 3600,) * 2)  # within the hour after ckpt_2: goes
@@ -202,7 +202,7 @@ def test_exact_resume_after_sigterm_and_sigkill(runs):
     assert full["optimizer"]["param_groups"][0]["lr"] == resumed["optimizer"]["param_groups"][0]["lr"]
     for k, v in full["optimizer"]["state"].items():
         assert torch.equal(v["exp_avg_sq"], resumed["optimizer"]["state"][k]["exp_avg_sq"])
-    assert sorted(os.listdir(out)) == [".lock", "best.pt", "ckpt.pt", "ckpt_2.pt", "ckpt_6.pt", "ckpt_8.pt", "log.jsonl"]
+    assert sorted(os.listdir(out)) == ["best.pt", "ckpt.pt", "ckpt_2.pt", "ckpt_6.pt", "ckpt_8.pt", "log.jsonl"]
     assert load(out / "best.pt")["iter_num"] == 8
     # log.jsonl: what the killed steps logged was dropped and logged again, once, the same
     logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -287,8 +287,8 @@ def test_fsdp_resumes_on_another_world_size_and_converts_to_one_file(runs):
     assert load(out / "ckpt.pt")["shards"] == "ckpt_6.dcp"
     train(tmp, out, "--max_iters=8", "--fsdp", "--init_from=resume", nproc=1)
     # ckpt_4.pt fell out of keep_last=2, and best.pt moved to 8: nothing names ckpt_4.dcp any more
-    assert sorted(os.listdir(out)) == [".lock", "best.pt", "ckpt.pt", "ckpt_6.dcp", "ckpt_6.pt", "ckpt_8.dcp", "ckpt_8.pt",
-                                       "log.jsonl"]
+    assert sorted(os.listdir(out)) == ["best.pt", "ckpt.pt", "ckpt_6.dcp", "ckpt_6.pt", "ckpt_8.dcp", "ckpt_8.pt",
+                                   "log.jsonl"]
     subprocess.run([sys.executable, "export.py", f"--out_dir={out}", f"--to={out / 'one.pt'}"], cwd=ROOT, check=True,
                    capture_output=True)
     full, one = load(tmp / "full" / "ckpt.pt"), load(out / "one.pt")

@@ -72,7 +72,7 @@ def test_a_save_killed_after_each_step_resumes_bit_exact(killed, tmp_path, point
 @pytest.mark.parametrize("error,point,message", [
     ("ENOSPC", "save-written", "cannot save the checkpoint of iter 6 in {out}: No space left on device. "
                                "The checkpoints saved before are whole"),
-    ("EROFS", "lock", "cannot write to {out}: Read-only file system"),
+    ("EROFS", "out_dir", "cannot write in {out}: Read-only file system"),
 ])
 def test_a_full_or_read_only_disk_stops_the_run_in_one_line(killed, tmp_path, error, point, message):
     out = resumed_copy(killed, tmp_path / "out")
@@ -142,6 +142,17 @@ def test_init_from_naming_nothing_lists_the_valid_ones(killed, tmp_path, init_fr
     p = train(killed[0], tmp_path / "out", f"--init_from={init_from}", check=False)
     one_line_error(p, message)
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_mixture_weights_and_a_dataset_short_of_a_file_are_one_line(killed, tmp_path):
+    data = killed[0]
+    for dataset, message in ((f"{data}:-1,{data}:1", f"dataset '{data}:-1': a weight is a share of the batches, "
+                                                    f"a number >= 0, not -1.0"),
+                             (f"{data}:0,{data}:0", f"dataset '{data}:0,{data}:0': the weights sum to 0")):
+        one_line_error(train(dataset, tmp_path / "out", check=False), message)
+    shutil.copytree(data, tmp_path / "short", ignore=shutil.ignore_patterns("val.roles", "full", "killed"))
+    p = train(tmp_path / "short", tmp_path / "out", check=False)
+    one_line_error(p, f"error: {tmp_path / 'short' / 'val.roles'} not found: {tmp_path / 'short'} is not a whole dataset")
 
 
 def test_a_checkpoint_without_its_keys_is_named_not_a_key_error(killed, tmp_path):
