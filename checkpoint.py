@@ -20,8 +20,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-import chat
+from dataset import atomic_write, hold_folder, reached
 from model import GPT
+from tokenizer import tokenizer_key
 
 GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
 RESUME_KEYS = ('meta', 'iter_num', 'best_val_loss', 'config', 'optimizer', 'scaler')  # a resume reads them all
@@ -56,15 +57,15 @@ def load(path, device='cpu', keys=('model_args', 'model')):
 
 
 def hold(out_dir, master):
-    """out_dir made and found writable, and locked for as long as the run lives (chat.hold_folder):
+    """out_dir made and found writable, and locked for as long as the run lives (dataset.hold_folder):
     a second run on it stops at once. A job's ranks are one run: the master rank alone locks it."""
     try:
         os.makedirs(out_dir, exist_ok=True)
-        chat.reached('out_dir')
+        reached('out_dir')
         tempfile.TemporaryFile(dir=out_dir).close()  # a read-only disk stops the run here, not at its first save
     except OSError as e:
         sys.exit(f"error: cannot write in {out_dir}: {e.strerror}")
-    return chat.hold_folder(out_dir) if master else None
+    return hold_folder(out_dir) if master else None
 
 
 def resolve_init(init_from, out_dir):
@@ -95,12 +96,12 @@ def pretrained(name_or_dir, dropout, master):
 
 def load_start(path, dataset, resume, fsdp):
     """The checkpoint a run starts from (resume=True: it goes on with that run; else: its weights,
-    fine-tuned on dataset, a chat.Dataset), or exit with the reason it cannot be."""
+    fine-tuned on dataset, a dataset.Dataset), or exit with the reason it cannot be."""
     try:
         ckpt = load(path, keys=('model_args', 'model', *RESUME_KEYS) if resume else ('model_args', 'model', 'meta'))
     except (FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
-    if chat.tokenizer_key(ckpt['meta']['tokenizer']) != chat.tokenizer_key(dataset.meta['tokenizer']):
+    if tokenizer_key(ckpt['meta']['tokenizer']) != tokenizer_key(dataset.meta['tokenizer']):
         sys.exit(f"error: {path} was trained on another tokenizer than {dataset.dir}'s")
     if 'shards' in ckpt and not resume:
         sys.exit(f"error: {path} is sharded: make it one file (python export.py --init_from={path} "
@@ -128,16 +129,16 @@ def save(out_dir, ckpt, model, optimizer, is_best=False, keep_last=2, keep_every
     try:
         # a kill at any point leaves ckpt.pt whole, the old one or the new; and a temp file never
         # shares its inode with a live checkpoint where the next save would write through it
-        with chat.atomic_write(path) as f:
+        with atomic_write(path) as f:
             torch.save(ckpt, f)
-            chat.reached('save-written')
-        chat.reached('save-replaced')
+            reached('save-written')
+        reached('save-replaced')
         tmp = path + '.tmp'
         for name in (['best.pt'] if is_best else []) + ([f'ckpt_{iter_num}.pt'] if keep_last or keep_every_hours else []):
             os.link(path, tmp)  # the link keeps this file alive when the next ckpt.pt replaces the name
-            chat.reached('save-linked')
+            reached('save-linked')
             os.replace(tmp, os.path.join(out_dir, name))
-            chat.reached('save-kept')
+            reached('save-kept')
         prune(out_dir, keep_last, keep_every_hours)
     except OSError as e:
         sys.exit(f"error: cannot save the checkpoint of iter {iter_num} in {out_dir}: {e.strerror}. The checkpoints "
@@ -206,7 +207,7 @@ def open_log(out_dir, iter_num):
                 entry = json.loads(line)
                 if entry['iter'] < iter_num or entry['iter'] == iter_num and 'loss' in entry:
                     kept.append(line)
-    with chat.atomic_write(path, 'w') as f:
+    with atomic_write(path, 'w') as f:
         f.writelines(kept)
     return open(path, 'a')
 

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import chat
+import dataset
 from conftest import ROOT, shared_file
 
 
@@ -59,7 +60,7 @@ def halves(tmp_path):
 
 def hold(folder):
     """Another process that holds folder (as a prepare or train.py run in it does) until killed."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, chat; lock = chat.hold_folder(sys.argv[1]); "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, dataset; lock = dataset.hold_folder(sys.argv[1]); "
                                "print(1, flush=True); sys.stdin.read()", str(folder)],
                               cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "1\n"
@@ -93,7 +94,7 @@ def test_an_input_folder_that_is_the_out_dir_is_read_without_the_dataset(tmp_pat
     first = files(folder)
     p = ok(prepare("jsonl", folder, "--out_dir", folder, "--tokenizer", "char"))  # meta.json is no input
     assert "replacing the dataset" in p.stdout and files(folder) == first
-    assert [i["name"] for i in chat.load_meta(folder)["inputs"]] == ["chats.json"]
+    assert [i["name"] for i in dataset.load_meta(folder)["inputs"]] == ["chats.json"]
 
 
 @pytest.mark.parametrize("damage", ['{"format', "{}"])
@@ -110,7 +111,7 @@ def test_a_damaged_meta_json_is_named_and_a_plain_run_replaces_it(tmp_path, halv
                              "or into another --out_dir")
     p = ok(prepare("dailydialog", b, "--out_dir", out, "--tokenizer", "char"))
     assert f"replacing the dataset in {out} (its meta.json is damaged)" in p.stdout
-    assert [i["name"] for i in chat.load_meta(out)["inputs"]] == ["b.txt"]
+    assert [i["name"] for i in dataset.load_meta(out)["inputs"]] == ["b.txt"]
 
 
 @pytest.mark.parametrize("fault,message", [
@@ -173,9 +174,9 @@ def test_append_tells_inputs_apart_by_bytes_and_flags_and_keeps_each_pair_in_one
     run("both", "chosen")
     both = run("both", "rejected", "--append")
     assert [i["reading"]["transcript_key"] for i in both["inputs"]] == ["chosen", "rejected"]
-    n = {s: chosen["counts"][s]["dialogues"] for s in chat.SPLITS}
+    n = {s: chosen["counts"][s]["dialogues"] for s in dataset.SPLITS}
     assert 0 < n["val"] < n["train"]
-    assert {s: both["counts"][s]["dialogues"] for s in chat.SPLITS} == {s: 2 * v for s, v in n.items()}
+    assert {s: both["counts"][s]["dialogues"] for s in dataset.SPLITS} == {s: 2 * v for s, v in n.items()}
     assert run("both", "rejected", "--append") == both  # read that way already: nothing new
 
 
@@ -194,13 +195,13 @@ def test_context_key_takes_an_object_or_a_list_of_them(tmp_path):
         jsonl.main([str(src), "--out_dir", str(out), "--workers", "1", "--tokenizer", "char", "--val_fraction", "0",
                     "--turns_key", "dialogue", "--speaker_key", "turn", "--text_key", "data.utterance",
                     "--speaker", "driver=user", "--context_key", key])
-        meta = chat.load_meta(out)
-        text = chat.load_tokenizer(meta).decode(chat.open_split(out, "train", meta)[0].tolist())
+        meta = dataset.load_meta(out)
+        text = chat.load_tokenizer(meta).decode(dataset.open_split(out, "train", meta)[0].tolist())
         assert f"{chat.CONTEXT_LABEL}: {context}{chat.SEPARATOR}A: where is a gas station?" in text, text
 
 
 def test_a_dailydialog_folder_is_read_for_its_dialogue_files_only(tmp_path):
     folder = shared_file("dailydialog", "dialogues_validation.txt").parent  # beside it: act and emotion labels
     p = ok(prepare("dailydialog", folder, "--out_dir", tmp_path / "out", "--tokenizer", "char"))
-    assert [i["name"] for i in chat.load_meta(tmp_path / "out")["inputs"]] == ["dialogues_validation.txt"]
+    assert [i["name"] for i in dataset.load_meta(tmp_path / "out")["inputs"]] == ["dialogues_validation.txt"]
     assert "warning" not in p.stderr, p.stderr

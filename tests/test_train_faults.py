@@ -87,7 +87,7 @@ def test_one_run_per_out_dir(killed, tmp_path):
     """A second run on an out_dir in use stops at once, naming the holder; a killed holder's lock
     is gone with it."""
     out = resumed_copy(killed, tmp_path / "out")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, chat; lock = chat.hold_folder(sys.argv[1]); print(1, flush=True); "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, dataset; lock = dataset.hold_folder(sys.argv[1]); print(1, flush=True); "
                                "sys.stdin.read()", str(out)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "1\n"
