@@ -100,9 +100,9 @@ class StopRequest:
 
 
 def read_faults():
-    """Tests only, from NANOTALK_FAULT (comma-separated): 'kill:K' SIGKILL after iter K (in the first
-    attempt of a torchrun job: a restarted one goes on), 'term:K' SIGTERM rank 0 after K, 'nan:K' a
-    NaN loss at K, 'slow:K' sleep after K -> {kind: K}. Faults at a named point: dataset.reached."""
+    """Tests only, from NANOTALK_FAULT (comma-separated): 'kill:K' SIGKILL after iter K, 'term:K'
+    SIGTERM rank 0 after K, 'nan:K' a NaN loss at K, 'slow:K' sleep after K -> {kind: K}. Faults
+    at a named point ('kill:save-linked', 'ENOSPC:out_dir'): dataset.reached."""
     faults = (f.split(':', 1) for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f)
     return {kind: int(k) for kind, k in faults if k.isdigit()}
 
@@ -112,7 +112,7 @@ def inject_faults(faults, iter_num, master, sleep_seconds):
     that use them are deterministic."""
     if faults.get('slow') == iter_num:
         time.sleep(sleep_seconds)
-    if faults.get('kill') == iter_num and os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') == '0':
+    if faults.get('kill') == iter_num:
         os.kill(os.getpid(), signal.SIGKILL)
     if faults.get('term') == iter_num and master:
         os.kill(os.getpid(), signal.SIGTERM)
