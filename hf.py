@@ -81,23 +81,34 @@ def tokenizer(name_or_dir):
     return load_tokenizer("gpt2")
 
 
-def load_start(name_or_dir, dataset, dropout=0.0):
-    """The model a train.py run fine-tunes (load), or exit with the reason in one line: no such
-    model, one model.py has no blocks for, or dataset (a dataset.Dataset) encoded with another
-    tokenizer than the folder's own tokenizer.json (GPT-2's folders: tiktoken's gpt2)."""
+def pretrained(name_or_dir, dropout=0.0, master=True, dataset=None):
+    """load, or exit in one line (said by the master rank alone) where the model cannot be had: no
+    network to download it, a folder without it, blocks model.py has none of; or where dataset (a
+    dataset.Dataset that train.py fine-tunes on) was encoded with another tokenizer than the
+    folder's own tokenizer.json (GPT-2's folders: tiktoken's gpt2)."""
     try:
         path = download(name_or_dir)
-        data = dataset.meta["tokenizer"]
-        file = os.path.join(path, BPE_FILE)
-        gpt2 = read_config(path).get("model_type") == "gpt2" and data == {"kind": "tiktoken", "name": "gpt2"}
-        if os.path.isfile(file) and not gpt2:
-            with open(file, "rb") as f:
-                if data.get("hash") != content_hash([f.read()]):
-                    sys.exit(f"error: {dataset.dir} is encoded with tokenizer {data.get('name', data['kind'])}, "
-                             f"not with {name_or_dir}'s own ({file}): prepare it with --tokenizer={name_or_dir}")
+        if dataset is not None:
+            data = dataset.meta["tokenizer"]
+            file = os.path.join(path, BPE_FILE)
+            gpt2 = read_config(path).get("model_type") == "gpt2" and data == {"kind": "tiktoken", "name": "gpt2"}
+            if os.path.isfile(file) and not gpt2:
+                with open(file, "rb") as f:
+                    if data.get("hash") != content_hash([f.read()]):
+                        raise ValueError(f"{dataset.dir} is encoded with tokenizer {data.get('name', data['kind'])}, "
+                                         f"not with {name_or_dir}'s own ({file}): prepare it with "
+                                         f"--tokenizer={name_or_dir}")
         return load(path, dropout)
-    except (ValueError, OSError) as e:  # OSError: a file missing, or the hub out of reach
-        sys.exit(f"error: init_from={name_or_dir}: {e}")
+    except OSError as e:
+        if name_or_dir in HUB and not os.path.isdir(name_or_dir):
+            why = (f"the {name_or_dir} weights could not be downloaded from the Hugging Face hub ({type(e).__name__}): "
+                   f"where there is a network, get them (hf download {HUB[name_or_dir]} --local-dir {name_or_dir}) "
+                   f"and point init_from at that folder")
+        else:
+            why = f"{name_or_dir} is no Hugging Face model folder: {e}"
+    except ValueError as e:
+        why = str(e)
+    sys.exit(f"error: {why}" if master else 1)
 
 
 def read_config(path):

@@ -525,7 +525,7 @@ def sample_next(logits, context, temperature=1.0, top_k=None, top_p=None, repeti
         seen = logits.gather(1, context)
         seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
         logits = logits.scatter(1, context, seen)
-    if temperature == 0:
+    if temperature < 1e-6:  # greedy: a tinier temperature makes logits / temperature overflow to inf
         return logits.argmax(dim=-1)
     candidates = None  # the token ids of logits' columns, once they are the top few, sorted
     if top_k is not None and top_k < logits.size(-1):
