@@ -75,7 +75,7 @@ def resolve_init(init_from, out_dir):
     if init_from in ('scratch', 'resume', *HUB) or os.path.exists(init_from):
         return init_from
     sys.exit(f"error: init_from {init_from!r} is no file or folder, nor one of 'scratch', 'resume', 'auto', "
-             f"'auto:<init>', or a model name: {', '.join(map(repr, HUB))}")
+             f"'auto:<init>', {', '.join(map(repr, HUB))}")
 
 
 def load_start(path, dataset, resume, fsdp):
