@@ -20,7 +20,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-import chat
+from dataset import atomic_write
+from tokenizer import tokenizer_key
 
 
 def load(path, device='cpu'):
@@ -45,12 +46,12 @@ def load(path, device='cpu'):
 
 def load_start(path, dataset, resume, fsdp):
     """The checkpoint a run starts from (resume=True: it goes on with that run; else: its weights,
-    fine-tuned on dataset, a chat.Dataset), or exit with the reason it cannot be."""
+    fine-tuned on dataset, a dataset.Dataset), or exit with the reason it cannot be."""
     try:
         ckpt = load(path)
     except (FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
-    if chat.tokenizer_key(ckpt['meta']['tokenizer']) != chat.tokenizer_key(dataset.meta['tokenizer']):
+    if tokenizer_key(ckpt['meta']['tokenizer']) != tokenizer_key(dataset.meta['tokenizer']):
         sys.exit(f"error: {path} was trained on another tokenizer than {dataset.dir}'s")
     if 'shards' in ckpt and not resume:
         sys.exit(f"error: {path} is sharded: make it one file (python export.py --init_from={path} "
@@ -75,7 +76,7 @@ def save(out_dir, ckpt, model, optimizer, is_best=False, keep_last=2, keep_every
     path = os.path.join(out_dir, 'ckpt.pt')
     if not write:
         return path
-    with chat.atomic_write(path) as f:
+    with atomic_write(path) as f:
         torch.save(ckpt, f)
     tmp = path + '.tmp'
     for name in (['best.pt'] if is_best else []) + ([f'ckpt_{iter_num}.pt'] if keep_last or keep_every_hours else []):
@@ -146,7 +147,7 @@ def open_log(out_dir, iter_num):
                 entry = json.loads(line)
                 if entry['iter'] < iter_num or entry['iter'] == iter_num and 'loss' in entry:
                     kept.append(line)
-    with chat.atomic_write(path, 'w') as f:
+    with atomic_write(path, 'w') as f:
         f.writelines(kept)
     return open(path, 'a')
 

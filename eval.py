@@ -24,8 +24,10 @@ from tqdm import tqdm  # a progress line on a terminal only
 
 import chat
 import checkpoint
+from dataset import open_datasets
 from machine import autocast, choose
 from model import GPT
+from tokenizer import load_tokenizer, tokenizer_key
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'         # where train.py wrote ckpt.pt
@@ -76,10 +78,10 @@ if __name__ == '__main__':
     if 'shards' in ckpt:
         checkpoint.gather_shards(ckpt, path)
     model = GPT.from_checkpoint(ckpt).eval().to(device)
-    tok = chat.load_tokenizer(ckpt['meta'])
-    [data] = chat.open_datasets(dataset or ckpt['config']['dataset'].split(',')[0],
+    tok = load_tokenizer(ckpt['meta'])
+    [data] = open_datasets(dataset or ckpt['config']['dataset'].split(',')[0],
                                 os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data'))
-    if chat.tokenizer_key(data.meta['tokenizer']) != chat.tokenizer_key(ckpt['meta']['tokenizer']):
+    if tokenizer_key(data.meta['tokenizer']) != tokenizer_key(ckpt['meta']['tokenizer']):
         sys.exit(f"error: {data.dir} was encoded with another tokenizer than {path} was trained on")
     if split not in data.splits or len(data.splits[split][0]) < 2:
         sys.exit(f"error: {data.dir} has no {split!r} split with tokens to score")

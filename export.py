@@ -44,7 +44,7 @@ def write_hf(ckpt):
         tokenizer_config['tokenizer_class'] = 'GPT2Tokenizer'
     elif spec['kind'] == 'bpe':  # trained with HF tokenizers: its tokenizer.json is already the HF form
         with open(os.path.join(to, 'tokenizer.json'), 'w', encoding='utf-8') as f:
-            f.write(spec['json'])  # the checkpoint carries it (chat.load_meta)
+            f.write(spec['json'])  # the checkpoint carries it (dataset.load_meta)
         tokenizer_config['tokenizer_class'] = 'PreTrainedTokenizerFast'
     else:
         print(f"no tokenizer written: the {spec['kind']} tokenizer has no Hugging Face form")

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed
@@ -167,6 +168,37 @@ class Budget:
 
     def over(self):
         return bool(self.seconds) and time.time() - self.t_start > self.seconds
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """train.py's optimizer steps and learning rate, made once from its settings: linear warmup to
+    learning_rate, then a cosine decay to min_lr at lr_decay_iters, or with lr_warmdown > 0 the
+    peak held and then a linear fall to min_lr over that last share of the steps after warmup
+    (warmup-stable-decay); decay_lr False: learning_rate throughout. Iterations count from start
+    (schedule_start). Only a Budget's plan, a resume of a budgeted run, and a run out of time make
+    another one (dataclasses.replace), so what train.py reads here is what the run does."""
+    max_iters: int
+    learning_rate: float
+    min_lr: float
+    warmup_iters: int
+    lr_decay_iters: int
+    lr_warmdown: float = 0.0
+    decay_lr: bool = True
+    start: int = 0
+
+    def lr(self, iter_num):
+        it = iter_num - self.start
+        if not self.decay_lr:
+            return self.learning_rate
+        if it < self.warmup_iters:
+            return self.learning_rate * (it + 1) / (self.warmup_iters + 1)
+        if it >= self.lr_decay_iters:
+            return self.min_lr
+        progress = (it - self.warmup_iters) / (self.lr_decay_iters - self.warmup_iters)
+        if self.lr_warmdown:  # warmup-stable-decay: the longer at the peak, the further it gets
+            return self.min_lr + min(1.0, (1 - progress) / self.lr_warmdown) * (self.learning_rate - self.min_lr)
+        return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (self.learning_rate - self.min_lr)
 
 
 def keep_freed_memory():

@@ -14,8 +14,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import chat
-from shards import recover
+from dataset import SPLITS, atomic_write, load_meta, open_split, recover, write_json
+from tokenizer import tokenizer_key
 
 FORMAT_KEYS = ("format_version", "labels", "context_label", "separator")
 
@@ -30,8 +30,8 @@ def merge(out_dir, in_dirs):
         sys.exit("error: nothing to merge")
     if out_dir.resolve() in [Path(d).resolve() for d in in_dirs]:
         sys.exit(f"error: {out_dir} is also an input; merge into a new folder")
-    metas = [chat.load_meta(d) for d in in_dirs]
-    specs = [chat.tokenizer_key(m["tokenizer"]) for m in metas]
+    metas = [load_meta(d) for d in in_dirs]
+    specs = [tokenizer_key(m["tokenizer"]) for m in metas]
     for d, m, spec in zip(in_dirs[1:], metas[1:], specs[1:]):
         if spec != specs[0]:
             sys.exit(f"error: {d} was prepared with tokenizer {describe(spec)} but {in_dirs[0]} with "
@@ -40,23 +40,23 @@ def merge(out_dir, in_dirs):
         if any(m[k] != metas[0][k] for k in FORMAT_KEYS):
             sys.exit(f"error: {d} and {in_dirs[0]} render dialogues differently ({', '.join(FORMAT_KEYS)})")
     for d, m in zip(in_dirs, metas):  # a shard that does not read as one is refused, not copied on
-        for s in chat.SPLITS:
-            chat.open_split(d, s, m)
+        for s in SPLITS:
+            open_split(d, s, m)
     out_dir.mkdir(parents=True, exist_ok=True)
     recover(out_dir)
     (out_dir / "meta.json").unlink(missing_ok=True)  # no complete-looking dataset until the end
-    sources = {name: [Path(d) / name for d in in_dirs] for s in chat.SPLITS for name in (f"{s}.bin", f"{s}.roles")}
+    sources = {name: [Path(d) / name for d in in_dirs] for s in SPLITS for name in (f"{s}.bin", f"{s}.roles")}
     if specs[0]["kind"] == "bpe":
         sources[specs[0]["path"]] = [Path(in_dirs[0]) / specs[0]["path"]]
     for name, paths in sources.items():
-        with chat.atomic_write(out_dir / name) as dst:
+        with atomic_write(out_dir / name) as dst:
             for path in paths:
                 with open(path, "rb") as src:
                     shutil.copyfileobj(src, dst, 1 << 24)
     meta = dict(metas[0], tokenizer=specs[0], inputs=[i for m in metas for i in m["inputs"]])
-    meta["counts"] = {s: dict(sum((Counter(m["counts"][s]) for m in metas), Counter())) for s in chat.SPLITS}
+    meta["counts"] = {s: dict(sum((Counter(m["counts"][s]) for m in metas), Counter())) for s in SPLITS}
     meta["report"] = dict(sum((Counter(m["report"]) for m in metas), Counter()))
-    chat.write_json(out_dir / "meta.json", meta)
+    write_json(out_dir / "meta.json", meta)
     return meta
 
 
@@ -64,5 +64,5 @@ if __name__ == "__main__":
     if len(sys.argv) < 3 or sys.argv[1] in ("-h", "--help"):
         sys.exit(__doc__)
     meta = merge(sys.argv[1], sys.argv[2:])
-    tokens = sum(meta["counts"][s].get("tokens", 0) for s in chat.SPLITS)
+    tokens = sum(meta["counts"][s].get("tokens", 0) for s in SPLITS)
     print(f"wrote {sys.argv[1]}: {tokens:,} tokens from {len(sys.argv) - 2} datasets, tokenizer {describe(meta['tokenizer'])}")

@@ -18,6 +18,7 @@ import chat
 import checkpoint
 from machine import DTYPES, autocast, choose
 from model import GPT
+from tokenizer import load_tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'            # where train.py wrote ckpt.pt
@@ -80,10 +81,10 @@ if init_from == 'resume' or init_from.endswith('.pt'):
     except (FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     model = GPT.from_checkpoint(ckpt)
-    tok = chat.load_tokenizer(ckpt['meta'])
+    tok = load_tokenizer(ckpt['meta'])
 else:  # OpenAI's GPT-2 or a local Hugging Face GPT-2 folder
     model = GPT.from_pretrained(init_from)
-    tok = chat.load_tokenizer('gpt2')
+    tok = load_tokenizer('gpt2')
 model.eval().to(device)
 if device_type == 'cuda':  # the weights cast once, not by autocast for every token, and each token one graph replay
     model.to(DTYPES[dtype])

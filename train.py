@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -35,9 +35,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import chat
 import checkpoint
-from machine import (Budget, StopRequest, autocast, choose, duration, inject_faults, join_torchrun, peak_flops,
-                     read_faults, tune_process)
+from dataset import open_datasets
+from machine import (Budget, Schedule, StopRequest, autocast, choose, duration, inject_faults, join_torchrun,
+                     peak_flops, read_faults, tune_process)
 from model import GPT, GPTConfig
+from tokenizer import load_tokenizer
 
 # -----------------------------------------------------------------------------
 # default config: a small char-level model that trains on a laptop CPU
@@ -159,7 +161,7 @@ tune_process(device_type)
 ctx = autocast(device_type, dtype)
 
 # data: the token and role memmaps of both splits of each dataset of the mixture
-datasets = chat.open_datasets(dataset, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data'))
+datasets = open_datasets(dataset, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data'))
 meta = datasets[0].meta  # the one checkpoints keep: sample.py rebuilds the tokenizer from it
 mix = torch.tensor([d.weight for d in datasets])
 eot = meta['eot']
@@ -212,21 +214,25 @@ model_args = asdict(model.config)
 if meta['vocab_size'] > model_args['vocab_size']:
     sys.exit(f"{datasets[0].dir} has {meta['vocab_size']} token ids; the model only {model_args['vocab_size']}")
 # the architecture trained is the checkpoint's or GPT-2's: record it, and batch with its block_size
-globals().update({k: v for k, v in model_args.items() if k in config_keys})
-config = {k: globals()[k] for k in config_keys}
+config = {**{k: globals()[k] for k in config_keys}, **{k: v for k, v in model_args.items() if k in config_keys}}
+block_size = model.config.block_size
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
 for d in datasets:
     for split, (tokens, _) in d.splits.items():
         if len(tokens) <= block_size:
             sys.exit(f"{d.dir}/{split}.bin has {len(tokens)} tokens: fewer than block_size + 1 = {block_size + 1}")
 train_tokens = {d.name: len(d.splits['train'][0]) for d in datasets}
-schedule_from = schedule_start if schedule_start is not None else ckpt.get('schedule_start', 0) if resume else 0
+schedule = Schedule(max_iters=max_iters, learning_rate=learning_rate, min_lr=min_lr, warmup_iters=warmup_iters,
+                    lr_decay_iters=lr_decay_iters, lr_warmdown=lr_warmdown, decay_lr=decay_lr,
+                    start=schedule_start if schedule_start is not None else ckpt.get('schedule_start', 0) if resume else 0)
 if resume:
     iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
     if budget_pending and ckpt['config'].get('max_minutes') == max_minutes:  # the schedule its budget fixed
         budget_pending = False
-        for k in ('max_iters', 'lr_decay_iters', 'lr_warmdown'):
-            config[k] = user_config[k] = globals()[k] = ckpt['config'][k]
+        fixed = {k: ckpt['config'][k] for k in ('max_iters', 'lr_decay_iters', 'lr_warmdown')}
+        schedule = replace(schedule, **fixed)
+        config.update(fixed)
+        user_config.update(fixed)
     log(checkpoint.resume_message(ckpt_path, ckpt, user_config, world_size, train_tokens))
 model.to(device)
 if fsdp:
@@ -248,19 +254,6 @@ ddp_model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else Non
 log(f"{raw_model.num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens per iteration "
     f"({gradient_accumulation_steps} micro-steps x {batch_size} x {block_size} over {world_size} rank(s)), "
     f"data {', '.join(d.dir for d in datasets)}, {device} {dtype}")
-
-
-def get_lr(it):
-    if not decay_lr:
-        return learning_rate
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it >= lr_decay_iters:
-        return min_lr
-    progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-    if lr_warmdown:  # warmup-stable-decay: the longer at the peak, the further it gets
-        return min_lr + min(1.0, (1 - progress) / lr_warmdown) * (learning_rate - min_lr)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
 @torch.no_grad()
@@ -318,7 +311,7 @@ def sample_reply(model, tok, message):
 
 # what every checkpoint of this run records beside its weights, optimizer and iteration
 run_info = dict(model_args=model_args, config=config, meta=meta, world_size=world_size,
-                schedule_start=schedule_from, train_tokens=train_tokens)
+                schedule_start=schedule.start, train_tokens=train_tokens)
 
 
 def save_checkpoint(is_best):
@@ -344,17 +337,17 @@ if wandb_log and master:
     wandb_id = wandb.init(project=wandb_project, name=wandb_run_name, config=config, id=wandb_id,
                           resume='allow' if wandb_id else None).id
 run_log = checkpoint.open_log(out_dir, iter_num if resume else 0) if master else None
-tok = chat.load_tokenizer(meta) if eval_sample else None
+tok = load_tokenizer(meta) if eval_sample else None
 flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
 peak = peak_flops(device, dtype)  # None where no true peak is known (CPUs): no MFU then
 start_iter, nan_steps, skipped, steps_timed, eval_seconds = iter_num, 0, 0, 0, 0.0
 t_start = t_last = time.time()  # the ETA uses the run's mean step time (from t_start): single intervals are noisy
 budget = Budget(max_minutes if budget_pending else 0, iter_num, device, warmup_iters, log)  # a resume keeps its schedule
 while True:
-    lr = get_lr(iter_num - schedule_from)
+    lr = schedule.lr(iter_num)
     for group in optimizer.param_groups:
         group['lr'] = lr
-    if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
+    if iter_num % eval_interval == 0 or iter_num == schedule.max_iters or eval_only:
         t_eval = time.time()
         losses = estimate_loss(model)
         log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}" +
@@ -373,7 +366,7 @@ while True:
         if iter_num > start_iter and (is_best or always_save_checkpoint):
             save_checkpoint(is_best)
         t_last, steps_timed = time.time(), 0  # eval time is not training time
-    if iter_num >= max_iters or eval_only:
+    if iter_num >= schedule.max_iters or eval_only:
         break
 
     # One optimizer step over the global batch: this rank's micro-steps are rank, rank + world_size,
@@ -425,18 +418,19 @@ while True:
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
     steps_timed += 1
-    if planned := budget.plan(iter_num, eval_seconds, eval_interval, lr_warmdown):  # max_minutes: the steps that fit
+    if planned := budget.plan(iter_num, eval_seconds, eval_interval, schedule.lr_warmdown):  # the steps that fit
+        schedule = replace(schedule, **planned)
         config.update(planned)  # kept by the checkpoints
-        globals().update(planned)
-    if out_of_time and iter_num < max_iters:  # the steps got slower than when they were timed
-        log(f"max_minutes {max_minutes:g}: the time is up at iter {iter_num} of {max_iters} (a resume goes on to the end)")
-        max_iters = iter_num  # the last eval and checkpoint now; the checkpoint's config keeps the schedule
+    if out_of_time and iter_num < schedule.max_iters:  # the steps got slower than when they were timed
+        log(f"max_minutes {max_minutes:g}: the time is up at iter {iter_num} of {schedule.max_iters} "
+            f"(a resume goes on to the end)")
+        schedule = replace(schedule, max_iters=iter_num)  # the last eval and checkpoint now; config keeps the schedule
 
-    if iter_num % log_interval == 0 or iter_num == max_iters:
+    if iter_num % log_interval == 0 or iter_num == schedule.max_iters:
         dt = (time.time() - t_last) / steps_timed
         t_last, steps_timed = time.time(), 0
         mfu = flops_per_iter / dt / (peak * world_size) if peak else None
-        eta = (max_iters - iter_num) * (time.time() - t_start) / (iter_num - start_iter)
+        eta = (schedule.max_iters - iter_num) * (time.time() - t_start) / (iter_num - start_iter)
         log(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.1f}ms, tok/s {tokens_per_iter / dt:.0f}, "
             f"mfu {f'{mfu * 100:.1f}%' if mfu else 'n/a'}, eta {duration(eta)}")
         record(loss=lossf, lr=lr, ms=round(dt * 1000, 2), **{'tok/s': tokens_per_iter / dt},

@@ -16,8 +16,8 @@ each row also as it finishes (a run cut short still shows what it got), then the
   --fsdp=True for 20 (124M shape at block 256, batch 8, no compile, to fit the time), and the demo
   config with a short --max_minutes; their last logged ms/iter.
 
-Data: its own, written to a temp folder with chat.py (shards.py, which the prepare scripts import,
-needs zstandard, which the GPU image lacks): DailyDialog's validation dialogues where ../shared (or
+Data: its own, written to a temp folder with chat.py, tokenizer.py and dataset.py (readers.py, which
+the prepare scripts import, needs zstandard, which the GPU image lacks): DailyDialog's validation dialogues where ../shared (or
 shared/ in the repo) has them, else generated ones; GPT-2 tokens where tiktoken's cache has them
 (TIKTOKEN_CACHE_DIR, else a shared/tiktoken_cache there), else characters. Needs torch, numpy,
 tiktoken. Prints, never asserts; --skip, --compile_limit and --demo_minutes trim the time.
@@ -51,6 +51,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import chat
+import dataset
+import tokenizer
 from machine import DTYPES, autocast, default_dtype, peak_flops, tune_process
 from model import GPT, GPTConfig
 
@@ -293,12 +295,12 @@ def write_dataset(out, quick):
         source = "generated dialogues"
     dialogues = [d for d in dialogues if len(d) >= 2]
     if not quick and tiktoken_gpt2_cached():
-        tok = chat.TiktokenTokenizer("gpt2")
+        tok = tokenizer.TiktokenTokenizer("gpt2")
     else:  # every character of the text, the labels and separators
-        tok = chat.CharTokenizer("".join(t for d in dialogues for t in d) + "".join(chat.LABELS) + ": \n")
+        tok = tokenizer.CharTokenizer("".join(t for d in dialogues for t in d) + "".join(chat.LABELS) + ": \n")
     out.mkdir(parents=True)
-    dtype = chat.token_dtype(tok.vocab_size)
-    for split in chat.SPLITS:
+    dtype = tokenizer.token_dtype(tok.vocab_size)
+    for split in dataset.SPLITS:
         tokens, roles = [], []
         for i, turns in enumerate(dialogues):
             if (i % 20 == 0) == (split == "val"):  # every 20th dialogue is val

@@ -24,15 +24,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "reddit"
 sys.path.insert(0, str(ROOT))
-import chat
-import shards
+import dataset
+import readers
 
 
 def source_objects():
     """Every comment and submission of the shared dumps, once (the n49rw thread is there twice)."""
-    report, objects = shards.Report(), []
+    report, objects = readers.Report(), []
     for path in sorted(SHARED.glob("*.jsonl")) + [SHARED / "RC_2005-12.zst"]:
-        objects += [obj for _, obj in shards.read_jsonl(path, report)]
+        objects += [obj for _, obj in readers.read_jsonl(path, report)]
     return objects
 
 
@@ -105,7 +105,7 @@ def main():
             for workers in args.workers:
                 meta, seconds, peak = run(path, tmp / "out", workers)
                 comments = meta["report"]["comments read"]
-                c = [meta["counts"][s] for s in chat.SPLITS]
+                c = [meta["counts"][s] for s in dataset.SPLITS]
                 print(f"  workers {workers}: {comments:,} comments in {seconds:.1f}s = {comments / seconds:,.0f} "
                       f"comments/s ({raw / 1e6 / seconds:.1f} MB/s of JSON), "
                       f"{sum(x.get('dialogues', 0) for x in c):,} dialogues, {sum(x.get('tokens', 0) for x in c):,} "

@@ -30,8 +30,8 @@ def tiktoken_vocab():
 
 @pytest.fixture
 def gpt2(tiktoken_vocab):
-    import chat
-    return chat.load_tokenizer("gpt2")
+    import tokenizer
+    return tokenizer.load_tokenizer("gpt2")
 
 
 # ------------------------------------------------------------- comparing two code paths' floats

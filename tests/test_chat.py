@@ -1,4 +1,4 @@
-"""The shared data module: text format, roles, tokenizers, shard files, download."""
+"""The data side: text format, roles, tokenizers, dataset files, download."""
 import http.server
 import importlib.util
 import io
@@ -12,8 +12,18 @@ import numpy as np
 import pytest
 
 import chat
-import shards
+import dataset
+import readers
+import tokenizer
 from conftest import ROOT, shared_file
+
+
+def test_chat_still_offers_the_tokenizers_users_scripts_take_from_it():
+    names = ("load_tokenizer", "TiktokenTokenizer", "CharTokenizer", "BPETokenizer", "train_bpe", "token_dtype",
+             "tokenizer_key", "EOT_TEXT")
+    assert all(getattr(chat, name) is getattr(tokenizer, name) for name in names)
+    tok = chat.load_tokenizer({"kind": "char", "alphabet": "abAB: \n"})
+    assert tok.decode(chat.render(tok, ["a", "b"])[0]) == "A: a\n\n\nB: b\n\n\n"
 
 
 def test_detokenize_undoes_corpus_spacing():
@@ -66,7 +76,7 @@ def test_end_of_reply():
 
 
 def test_char_tokenizer_drops_unknown_characters(capsys):
-    tok = chat.CharTokenizer("abc :\n")
+    tok = tokenizer.CharTokenizer("abc :\n")
     assert tok.decode(tok.encode("ab ca")) == "ab ca"
     assert tok.decode(tok.encode("abé")) == "ab"
     assert "é" in capsys.readouterr().err
@@ -74,11 +84,11 @@ def test_char_tokenizer_drops_unknown_characters(capsys):
 
 
 def test_big_vocab_gets_uint32_shards(tmp_path, gpt2):  # gpt2: skips without the offline vocab files
-    tok = chat.load_tokenizer("cl100k_base")
-    meta, _ = shards.write_dataset(tmp_path, [chat.Dialogue(["hello there", "general kenobi"])], tok, [],
-                                 shards.Report(), val_fraction=0)
+    tok = tokenizer.load_tokenizer("cl100k_base")
+    meta, _ = dataset.write_dataset(tmp_path, [chat.Dialogue(["hello there", "general kenobi"])], tok, [],
+                                 readers.Report(), val_fraction=0)
     assert meta["dtype"] == "uint32"
-    tokens, _ = chat.open_split(tmp_path, "train")
+    tokens, _ = dataset.open_split(tmp_path, "train")
     assert tokens.max() > 65535 or tok.eot > 65535
     assert tok.decode([int(t) for t in tokens[1:]]) == "A: hello there\n\n\nB: general kenobi\n\n\n"
 
@@ -101,9 +111,9 @@ def test_dailydialog_prepare_decodes_to_real_dialogue(tmp_path):
     src = shared_file("dailydialog", "dialogues_validation.txt")
     out = prepare(src, "--out_dir", tmp_path / "dd")
     assert "dialogues" in out.stdout
-    meta = chat.load_meta(tmp_path / "dd")
-    tok = chat.load_tokenizer(meta)
-    text = "".join(tok.decode([int(t) for t in chat.open_split(tmp_path / "dd", s)[0]]) for s in chat.SPLITS)
+    meta = dataset.load_meta(tmp_path / "dd")
+    tok = tokenizer.load_tokenizer(meta)
+    text = "".join(tok.decode([int(t) for t in dataset.open_split(tmp_path / "dd", s)[0]]) for s in dataset.SPLITS)
     assert "A: Good morning, sir. Is there a bank near here?\n\n\nB: There is one. 5 blocks away from here?\n\n\n" in text
     assert text.count("<|endoftext|>") == meta["counts"]["train"]["dialogues"] + meta["counts"]["val"]["dialogues"] == 1000
     assert " ," not in text and "__eou__" not in text
@@ -119,7 +129,7 @@ def test_append_is_byte_identical_and_idempotent(tmp_path, halves):
     assert "nothing new" in again.stdout
     for name in ["train.bin", "val.bin", "train.roles", "val.roles"]:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "inc" / name).read_bytes()
-    one, inc = chat.load_meta(tmp_path / "one"), chat.load_meta(tmp_path / "inc")
+    one, inc = dataset.load_meta(tmp_path / "one"), dataset.load_meta(tmp_path / "inc")
     assert one["counts"] == inc["counts"] and one["inputs"] == inc["inputs"]
 
 
@@ -138,9 +148,9 @@ def test_cat_of_two_datasets_is_a_dataset(tmp_path, halves):
     for name in ["train.bin", "train.roles", "val.bin", "val.roles"]:
         (cat / name).write_bytes((tmp_path / "0" / name).read_bytes() + (tmp_path / "1" / name).read_bytes())
     (cat / "meta.json").write_text((tmp_path / "0" / "meta.json").read_text())
-    tokens, roles = chat.open_split(cat, "train")
-    tok = chat.load_tokenizer(chat.load_meta(cat))
-    counts = [chat.load_meta(tmp_path / str(i))["counts"]["train"] for i in range(2)]
+    tokens, roles = dataset.open_split(cat, "train")
+    tok = tokenizer.load_tokenizer(dataset.load_meta(cat))
+    counts = [dataset.load_meta(tmp_path / str(i))["counts"]["train"] for i in range(2)]
     assert len(tokens) == len(roles) == sum(c["tokens"] for c in counts)
     assert int((tokens == tok.eot).sum()) == sum(c["dialogues"] for c in counts)
     assert np.all(roles[tokens == tok.eot] == 0)
@@ -151,33 +161,33 @@ def test_a_crash_never_leaves_a_complete_looking_dataset(tmp_path, gpt2):
         yield chat.Dialogue(["one", "two"])
         raise RuntimeError("killed")
     with pytest.raises(RuntimeError):
-        shards.write_dataset(tmp_path, items(), gpt2, [], shards.Report())
+        dataset.write_dataset(tmp_path, items(), gpt2, [], readers.Report())
     assert not (tmp_path / "meta.json").exists() and not (tmp_path / "train.bin").exists()
     with pytest.raises(SystemExit, match="prepare the dataset first"):
-        chat.load_meta(tmp_path)
-    shards.write_dataset(tmp_path, [chat.Dialogue(["one", "two"])], gpt2, [], shards.Report())
+        dataset.load_meta(tmp_path)
+    dataset.write_dataset(tmp_path, [chat.Dialogue(["one", "two"])], gpt2, [], readers.Report())
     assert not list(tmp_path.glob("*.tmp"))
     # an append cut off mid-copy is undone by the next run
     size = (tmp_path / "train.bin").stat().st_size + (tmp_path / "val.bin").stat().st_size
-    (tmp_path / chat.JOURNAL).write_text(json.dumps({"meta": shards.meta_hash(tmp_path), "sizes": {
-        f"{s}.{e}": (tmp_path / f"{s}.{e}").stat().st_size for s in chat.SPLITS for e in ("bin", "roles")}}))
+    (tmp_path / dataset.JOURNAL).write_text(json.dumps({"meta": dataset.meta_hash(tmp_path), "sizes": {
+        f"{s}.{e}": (tmp_path / f"{s}.{e}").stat().st_size for s in dataset.SPLITS for e in ("bin", "roles")}}))
     with open(tmp_path / "train.bin", "ab") as f:
         f.write(b"\0" * 6)
     with pytest.raises(SystemExit, match="interrupted"):
-        chat.load_meta(tmp_path)
-    shards.recover(tmp_path)
+        dataset.load_meta(tmp_path)
+    dataset.recover(tmp_path)
     assert (tmp_path / "train.bin").stat().st_size + (tmp_path / "val.bin").stat().st_size == size
 
 
 def test_bad_lines_are_reported_with_file_and_line(tmp_path, capsys):
     path = tmp_path / "x.jsonl"
     path.write_bytes(b'["ok"]\n{broken\n\xff\xfe\n["fine"]\n')
-    report = shards.Report()
-    assert [o for _, o in shards.read_jsonl(path, report)] == [["ok"], ["fine"]]
+    report = readers.Report()
+    assert [o for _, o in readers.read_jsonl(path, report)] == [["ok"], ["fine"]]
     err = capsys.readouterr().err
     assert f"{path}:2: malformed JSON" in err and f"{path}:3: invalid UTF-8" in err
     with pytest.raises(SystemExit, match=":2: malformed JSON"):
-        list(shards.read_jsonl(path, shards.Report(strict=True)))
+        list(readers.read_jsonl(path, readers.Report(strict=True)))
 
 
 def test_truncated_zst_is_reported_not_fatal(tmp_path):
@@ -186,8 +196,8 @@ def test_truncated_zst_is_reported_not_fatal(tmp_path):
     blob = zstandard.ZstdCompressor().compress(data)
     path = tmp_path / "cut.zst"
     path.write_bytes(blob[: len(blob) // 2])
-    report = shards.Report()
-    got = [o["n"] for _, o in shards.read_jsonl(path, report)]
+    report = readers.Report()
+    got = [o["n"] for _, o in readers.read_jsonl(path, report)]
     assert got == list(range(len(got))) and 0 < len(got) < 5000
     assert any("corrupt or truncated" in k for k in report.counts)
 
@@ -223,16 +233,16 @@ def server():
 
 def test_download_retries_resumes_and_checks(tmp_path, server, monkeypatch):
     import hashlib
-    monkeypatch.setattr(shards.time, "sleep", lambda s: None)
+    monkeypatch.setattr(readers.time, "sleep", lambda s: None)
     FlakyRangeServer.payload = payload = bytes(range(256)) * 4000
     (tmp_path / "f.bin.part").write_bytes(payload[:1000])  # an earlier, interrupted download
-    got = shards.download(server, tmp_path / "f.bin", sha256=hashlib.sha256(payload).hexdigest())
+    got = readers.download(server, tmp_path / "f.bin", sha256=hashlib.sha256(payload).hexdigest())
     assert got.read_bytes() == payload
     assert FlakyRangeServer.requests == ["bytes=1000-", "bytes=1000-"]
-    shards.download(server, tmp_path / "f.bin")  # cached: no request
+    readers.download(server, tmp_path / "f.bin")  # cached: no request
     assert len(FlakyRangeServer.requests) == 2
     with pytest.raises(SystemExit, match="checksum mismatch"):
-        shards.download(server, tmp_path / "g.bin", sha256="0" * 64)
+        readers.download(server, tmp_path / "g.bin", sha256="0" * 64)
     assert not (tmp_path / "g.bin").exists()
 
 
@@ -254,9 +264,9 @@ def test_dailydialog_download_path(tmp_path, server, monkeypatch):
     spec.loader.exec_module(mod)
     monkeypatch.setattr(mod, "URL", server)
     monkeypatch.setattr(mod, "RAW", tmp_path / "raw")
-    monkeypatch.setattr(shards.time, "sleep", lambda s: None)
+    monkeypatch.setattr(readers.time, "sleep", lambda s: None)
     path = mod.fetch()
-    dialogues = list(mod.read_dialogues([path], shards.Report()))
+    dialogues = list(mod.read_dialogues([path], readers.Report()))
     assert len(dialogues) == 1000 and dialogues[0].turns[0] == "Good morning, sir. Is there a bank near here?"
     assert not any(d.turns[0] == "Test." for d in dialogues)
 
@@ -274,7 +284,7 @@ def quadratic_reply_prompt(tok, turns, context=None, max_tokens=None):
 def test_reply_prompt_trims_as_it_always_did(gpt2):
     """Every history length and budget (odd and even counts, the last turn alone, a context
     block, nothing fitting): the same tokens as the re-rendering reply_prompt gave."""
-    char = chat.CharTokenizer("abcdefghijklmnopqrstuvwxyz ?:\nABC")
+    char = tokenizer.CharTokenizer("abcdefghijklmnopqrstuvwxyz ?:\nABC")
     rng = np.random.default_rng(0)
     for tok in (gpt2, char):
         for n in range(7):
@@ -287,7 +297,7 @@ def test_reply_prompt_trims_as_it_always_did(gpt2):
 
 
 def test_reply_prompt_trims_long_histories_in_linear_time():
-    tok = chat.CharTokenizer("hello there friend AB:\n")
+    tok = tokenizer.CharTokenizer("hello there friend AB:\n")
     turns = ["hello there friend"] * 20_001  # 400 KB as JSON: ~5 minutes when each drop re-rendered
     prompt = chat.reply_prompt(tok, turns, max_tokens=200)
     assert prompt == quadratic_reply_prompt(tok, turns[-9:], max_tokens=200)  # the same last turns

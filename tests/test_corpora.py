@@ -13,7 +13,10 @@ import pytest
 import zstandard
 
 import chat
-import shards
+import dataset
+import prepare_cli
+import readers
+import tokenizer
 from conftest import ROOT, shared_file
 
 
@@ -35,8 +38,8 @@ def run(out_dir, *inputs, flags=()):
 
 def turns(out_dir):
     """Each dialogue of a dataset as its (label, text) turns, decoded from the shards."""
-    meta = chat.load_meta(out_dir)
-    text = "".join(chat.load_tokenizer(meta).decode(chat.open_split(out_dir, s, meta)[0].tolist()) for s in chat.SPLITS)
+    meta = dataset.load_meta(out_dir)
+    text = "".join(tokenizer.load_tokenizer(meta).decode(dataset.open_split(out_dir, s, meta)[0].tolist()) for s in dataset.SPLITS)
     dialogues = [[tuple(t.split(": ", 1)) for t in d.split(chat.SEPARATOR)[:-1]] for d in text.split("<|endoftext|>")[1:]]
     for d in dialogues:  # speakers alternate from A; Context: turns are neither's
         assert [label for label, _ in d if label != "Context"] == ["AB"[i % 2] for i in range(len(d) - sum(
@@ -75,7 +78,7 @@ def test_openai_messages_system_and_tool_turns(tmp_path, gpt2):
          ("A", "Thanks!"), ("B", "You're welcome.")],
         [("A", "Hi"), ("B", "Hello! How can I help?")]]
     assert meta["report"] == {"tool turns, kept as Context: turns": 1, "dropped: empty turns": 1}
-    tokens, roles = chat.open_split(tmp_path / "kept", "train")  # the tool's output is context: read, not trained on
+    tokens, roles = dataset.open_split(tmp_path / "kept", "train")  # the tool's output is context: read, not trained on
     tool = gpt2.encode('Context: {"temp_c": 18, "sky": "cloudy"}' + chat.SEPARATOR)
     start = next(i for i in range(len(tokens)) if tokens[i:i + len(tool)].tolist() == tool)
     assert set(roles[start:start + len(tool)]) == {chat.ROLE_CONTEXT}
@@ -271,7 +274,7 @@ def test_every_script_refuses_to_keep_nothing(tmp_path, name, text, reader, tikt
     script = load_script(name)
     with pytest.raises(SystemExit) as e:
         if reader:
-            shards.prepare(shards.prepare_parser("").parse_args(argv), getattr(script, reader), script.__file__)
+            prepare_cli.prepare(prepare_cli.prepare_parser("").parse_args(argv), getattr(script, reader), script.__file__)
         else:
             script.main(argv)
     assert str(e.value).startswith("error: not one dialogue or document kept from 1 input file")
@@ -357,7 +360,7 @@ def test_userchat_warns_where_an_endoftext_seems_missing(tmp_path, capsys):
     path = tmp_path / "chats.txt"
     path.write_text(one * 60 + "<|endoftext|>Agent: welcome\n\nUser: thanks\n\nAgent: bye\n\nAgent: welcome\n\n"
                     "User: hi<|endoftext|>")
-    got = list(userchat.read_dialogues([str(path)], report := shards.Report()))
+    got = list(userchat.read_dialogues([str(path)], report := readers.Report()))
     err = capsys.readouterr().err
     assert f"warning: {path}:1: over 100 turns in one dialogue: is an <|endoftext|> (or a blank line) missing?" in err
     assert (f"warning: {path}:247: the opening label twice in a row: Agent: after Agent:, as if a dialogue began: "
@@ -378,11 +381,11 @@ def test_demo_prepare_writes_the_mixture_in_dailydialogs_bpe(tmp_path):
     config = {}
     exec((ROOT / "config" / "train_chat_demo.py").read_text(), config)
     names = [part.split(":")[0] for part in config["dataset"].split(",")]
-    vocab = chat.load_meta(tmp_path / "dailydialog_demo")
+    vocab = dataset.load_meta(tmp_path / "dailydialog_demo")
     assert vocab["vocab_size"] == 512
     for name in names:
-        meta = chat.load_meta(tmp_path / name)
-        assert chat.tokenizer_key(meta["tokenizer"]) == chat.tokenizer_key(vocab["tokenizer"]), name
-        assert len(chat.open_split(tmp_path / name, "train", meta)[0]) > 1000, name
-    val = len(chat.open_split(tmp_path / "dailydialog_demo", "val", vocab)[0])
-    assert 0.1 < val / (val + len(chat.open_split(tmp_path / "dailydialog_demo", "train", vocab)[0])) < 0.3
+        meta = dataset.load_meta(tmp_path / name)
+        assert tokenizer.tokenizer_key(meta["tokenizer"]) == tokenizer.tokenizer_key(vocab["tokenizer"]), name
+        assert len(dataset.open_split(tmp_path / name, "train", meta)[0]) > 1000, name
+    val = len(dataset.open_split(tmp_path / "dailydialog_demo", "val", vocab)[0])
+    assert 0.1 < val / (val + len(dataset.open_split(tmp_path / "dailydialog_demo", "train", vocab)[0])) < 0.3

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import chat
+import tokenizer
 from conftest import ROOT
 from model import GPT, GPTConfig
 
@@ -17,7 +18,7 @@ DIALOGUES = [(["héllo there", "hi, ça va?"], "Persona: likes crêpes"), (["wha
 
 
 def test_loss_and_bits_per_byte_match_a_hand_computation(tmp_path):
-    tok = chat.CharTokenizer("".join(t for d, c in DIALOGUES for t in d + [c or ""]) + "ABContext: \n")
+    tok = tokenizer.CharTokenizer("".join(t for d, c in DIALOGUES for t in d + [c or ""]) + "ABContext: \n")
     tokens, roles = [], []
     for turns, context in DIALOGUES:
         t, r = chat.render(tok, turns, context)

@@ -17,8 +17,11 @@ import pytest
 import zstandard
 
 import chat
+import dataset
 import merge
-import shards
+import prepare_cli
+import readers
+import tokenizer
 from conftest import ROOT, shared_file
 
 
@@ -47,10 +50,10 @@ def files(folder):
 
 def trainable(folder):
     """The dataset reads as train.py reads it."""
-    meta = chat.load_meta(folder)
-    chat.load_tokenizer(meta)
-    for s in chat.SPLITS:
-        tokens, _ = chat.open_split(folder, s, meta)
+    meta = dataset.load_meta(folder)
+    tokenizer.load_tokenizer(meta)
+    for s in dataset.SPLITS:
+        tokens, _ = dataset.open_split(folder, s, meta)
         assert len(tokens) == meta["counts"][s].get("tokens", 0)
 
 
@@ -81,7 +84,7 @@ def test_append_killed_at_any_phase_reruns_to_the_uninterrupted_dataset(tmp_path
     trainable(dirs[0])
     for d in dirs[1:3]:  # killed in the commit: nothing reads the folder, and what fixes it is named
         with pytest.raises(SystemExit, match=f"rerun a prepare command with --out_dir {d} .*the same --append"):
-            chat.load_meta(d)
+            dataset.load_meta(d)
         with pytest.raises(SystemExit, match="rerun a prepare command"):
             merge.merge(tmp_path / "merged", [d])
     *again, plain = run_all(*[(command("dailydialog", b, "--out_dir", d, "--append"), None) for d in dirs[:3]],
@@ -95,7 +98,7 @@ def test_append_killed_at_any_phase_reruns_to_the_uninterrupted_dataset(tmp_path
     ok(plain)
     assert "undid an --append" in plain.stdout
     assert f"replacing the dataset in {dirs[3]}, made from 1 input, with one made from these 1" in plain.stdout
-    assert chat.load_meta(dirs[3])["inputs"] == chat.load_meta(ref)["inputs"][1:]
+    assert dataset.load_meta(dirs[3])["inputs"] == dataset.load_meta(ref)["inputs"][1:]
 
 
 def test_bpe_run_replacing_a_dataset_killed_at_any_phase_reruns_to_the_uninterrupted_dataset(tmp_path, halves):
@@ -109,7 +112,7 @@ def test_bpe_run_replacing_a_dataset_killed_at_any_phase_reruns_to_the_uninterru
     args = [a, b, "--tokenizer", "bpe:320"]
     done, *killed = run_all((command("dailydialog", *args, "--out_dir", ref), None),
                             *[(command("dailydialog", *args, "--out_dir", d), p) for d, p in zip(dirs, phases)])
-    assert "replacing the dataset" in ok(done).stdout and chat.load_meta(ref)["vocab_size"] == 320
+    assert "replacing the dataset" in ok(done).stdout and dataset.load_meta(ref)["vocab_size"] == 320
     assert [k.returncode for k in killed] == [-signal.SIGKILL] * len(phases)
     assert files(dirs[0]) == files(base)  # the new BPE is not written over the old one
     trainable(dirs[0])
@@ -143,7 +146,7 @@ def test_a_pool_torn_down_at_once_never_hangs(tmp_path):
     (tmp_path / "pools.py").write_text(f"""
 import os, signal, sys, time
 sys.path.insert(0, {str(ROOT)!r})
-import shards
+import workers
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as data/reddit/prepare.py does
 
 def wait_for_sigterm():
@@ -154,9 +157,9 @@ def wait_for_sigterm():
 holding = True
 os.register_at_fork(after_in_child=wait_for_sigterm)
 for _ in range(3):
-    assert list(shards.parallel_map(abs, [], 2)) == []  # no work: torn down right after it starts
+    assert list(workers.parallel_map(abs, [], 2)) == []  # no work: torn down right after it starts
 holding = False
-assert list(shards.parallel_map(abs, [-1, -2, -3], 2)) == [1, 2, 3]  # and a pool still works
+assert list(workers.parallel_map(abs, [-1, -2, -3], 2)) == [1, 2, 3]  # and a pool still works
 print("done")
 """)
     out = subprocess.run([sys.executable, tmp_path / "pools.py"], capture_output=True, text=True, timeout=30)
@@ -188,7 +191,7 @@ def test_bad_settings_stop_before_any_work_with_one_line(tmp_path, argv, setting
 
 def test_workers_are_capped_at_the_cores_available(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    args = shards.prepare_parser("").parse_args(["x", "--workers", "64"])
+    args = prepare_cli.prepare_parser("").parse_args(["x", "--workers", "64"])
     assert args.workers == 2 and capsys.readouterr().err == "--workers 64: capped at the 2 cores available\n"
     reddit = load_script("reddit")  # a script with its own parse_args goes through the same check
     assert reddit.parse_args(["x", "--workers", "64"]).workers == 2
@@ -199,10 +202,10 @@ def test_workers_are_capped_at_the_cores_available(tmp_path, monkeypatch, capsys
 # ----------------------------------------------------------------------------- shard files
 
 def small_dataset(folder):
-    tok = chat.CharTokenizer("abcdefghijklmnopqrstuvwxyz :\nABC")
-    shards.write_dataset(folder, [chat.Dialogue(["hello there", "general kenobi"])] * 20, tok, [], shards.Report(),
+    tok = tokenizer.CharTokenizer("abcdefghijklmnopqrstuvwxyz :\nABC")
+    dataset.write_dataset(folder, [chat.Dialogue(["hello there", "general kenobi"])] * 20, tok, [], readers.Report(),
                          val_fraction=0)
-    return chat.load_meta(folder)
+    return dataset.load_meta(folder)
 
 
 def test_odd_sized_shards_and_ids_beyond_the_vocab_are_one_line_errors(tmp_path):
@@ -210,13 +213,13 @@ def test_odd_sized_shards_and_ids_beyond_the_vocab_are_one_line_errors(tmp_path)
     train = tmp_path / "d" / "train.bin"
     data = train.read_bytes()
     train.write_bytes(data + b"\0")  # half a uint16 token
-    for check in (lambda: chat.open_split(tmp_path / "d", "train"), lambda: merge.merge(tmp_path / "m", [tmp_path / "d"])):
+    for check in (lambda: dataset.open_split(tmp_path / "d", "train"), lambda: merge.merge(tmp_path / "m", [tmp_path / "d"])):
         with pytest.raises(SystemExit, match=f"{train} is {len(data) + 1:,} bytes, not a whole number of 2-byte uint16"):
             check()
     assert not (tmp_path / "m").exists()  # merge refused it before writing anything
     train.write_bytes(np.array([meta["vocab_size"]], np.uint16).tobytes() + data[2:])
     with pytest.raises(SystemExit) as e:
-        chat.open_split(tmp_path / "d", "train")
+        dataset.open_split(tmp_path / "d", "train")
     assert str(e.value) == (f"error: {train} holds token id {meta['vocab_size']} but its tokenizer has "
                             f"{meta['vocab_size']} ids: it was not encoded with the tokenizer in {tmp_path / 'd'}/meta.json")
 
@@ -228,26 +231,26 @@ def test_a_file_whose_bytes_are_not_what_its_name_says_is_reported_as_such(tmp_p
     (tmp_path / "gz.zst").write_bytes(gzip.compress(record))
     (tmp_path / "zst.gz").write_bytes(zstandard.ZstdCompressor().compress(record))
     (tmp_path / "plain.zst").write_bytes(record)
-    report = shards.Report()
+    report = readers.Report()
     for name in ("gz.zst", "zst.gz", "plain.zst"):
-        assert list(shards.read_jsonl(tmp_path / name, report)) == []
+        assert list(readers.read_jsonl(tmp_path / name, report)) == []
     assert report.counts == {"bad input: corrupt or truncated file": 3}
     with pytest.raises(SystemExit, match=r"gz.zst:1: corrupt or truncated file: gzip data but named .zst"):
-        list(shards.read_jsonl(tmp_path / "gz.zst", shards.Report(strict=True)))
+        list(readers.read_jsonl(tmp_path / "gz.zst", readers.Report(strict=True)))
     with pytest.raises(SystemExit, match=r"zst.gz:1: corrupt or truncated file: zstd data but named .gz"):
-        list(shards.read_jsonl(tmp_path / "zst.gz", shards.Report(strict=True)))
+        list(readers.read_jsonl(tmp_path / "zst.gz", readers.Report(strict=True)))
     with pytest.raises(SystemExit, match=r"plain.zst:1: corrupt or truncated file: not zstd data, though named .zst"):
-        list(shards.read_jsonl(tmp_path / "plain.zst", shards.Report(strict=True)))
+        list(readers.read_jsonl(tmp_path / "plain.zst", readers.Report(strict=True)))
 
 
 def test_a_line_over_max_record_is_skipped_unread_in_bounded_memory(tmp_path):
     mb = 1 << 20
     path = tmp_path / "big.jsonl"
     path.write_bytes(b'["a", "b"]\n["' + b"x" * 20 * mb + b'"]\n["c", "d"]\n["' + b"y" * 20 * mb)  # the last: no newline
-    report = shards.Report(max_record=mb)
+    report = readers.Report(max_record=mb)
     tracemalloc.start()
     try:
-        got = list(shards.read_jsonl(path, report))
+        got = list(readers.read_jsonl(path, report))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -255,10 +258,10 @@ def test_a_line_over_max_record_is_skipped_unread_in_bounded_memory(tmp_path):
     assert report.counts == {"bad input: line over --max_record_mb": 2}
     assert peak < 8 * mb  # the limit and a few 1 MB chunks, not the 20 MB lines
     with pytest.raises(SystemExit, match=f"{path}:2: line over --max_record_mb"):
-        list(shards.read_jsonl(path, shards.Report(strict=True, max_record=mb)))
+        list(readers.read_jsonl(path, readers.Report(strict=True, max_record=mb)))
     # lines within the limit, however the chunks cut them, come out whole
     chunks = [b"ab\ncd", b"ef", b"gh\n\nij", b"klmnop\nq"]
-    assert [line for lines in shards.line_chunks(chunks, max_line=4) for line in lines] == [b"ab", None, b"", None, b"q"]
+    assert [line for lines in readers.line_chunks(chunks, max_line=4) for line in lines] == [b"ab", None, b"", None, b"q"]
 
 
 @pytest.mark.parametrize("keyed", [False, True])
@@ -270,16 +273,16 @@ def test_a_json_list_or_object_element_over_max_record_is_skipped_unread(tmp_pat
     keys = ['"id \\" 1" : ', '"2":', '"3":\n', '"{4}": '] if keyed else [""] * 4  # an object: dialogues keyed by id
     path = tmp_path / "data.json"
     path.write_text("{["[not keyed] + "\n" + ",\n".join(k + e for k, e in zip(keys, elements)) + "\n" + "}]"[not keyed])
-    report = shards.Report(max_record=kb)
+    report = readers.Report(max_record=kb)
     with open(path, "rb") as f:  # chunks of a few bytes cut the big elements anywhere, escapes and keys included
         chunks = list(iter(lambda: f.read(7), b""))
-    monkeypatch.setattr(shards, "byte_chunks", lambda f, p: iter(chunks))
-    got = list(shards.read_json(path, report))
+    monkeypatch.setattr(readers, "byte_chunks", lambda f, p: iter(chunks))
+    got = list(readers.read_json(path, report))
     assert json.loads(big) and got == [(2, ["a", "b"]), (5 + keyed, ["c", "d"])]
     assert report.counts == {"bad input: element over --max_record_mb": 2}
     if keyed:  # read value by value: the same values as json.load's
         monkeypatch.undo()
-        assert [v for _, v in shards.read_json(path, shards.Report())] == list(json.loads(path.read_text()).values())
+        assert [v for _, v in readers.read_json(path, readers.Report())] == list(json.loads(path.read_text()).values())
 
 
 def test_a_50_mb_json_line_costs_no_memory(tmp_path):
@@ -296,7 +299,7 @@ def test_a_50_mb_json_line_costs_no_memory(tmp_path):
     code, rss_kb = map(int, result.stdout.split("\n")[0].split())
     assert code == 0 and f"{path}:2: line over --max_record_mb: skipped unread" in result.stdout
     assert rss_kb < 400_000
-    assert sum(chat.load_meta(tmp_path / "d")["counts"][s].get("dialogues", 0) for s in chat.SPLITS) == 2
+    assert sum(dataset.load_meta(tmp_path / "d")["counts"][s].get("dialogues", 0) for s in dataset.SPLITS) == 2
 
 
 # ----------------------------------------------------------------------------- fuzzed input
@@ -449,7 +452,7 @@ def check_dataset(folder):
     """A dataset whose meta.json is there is whole: every shard reads and holds what meta counts."""
     if (folder / "meta.json").exists():
         trainable(folder)
-        return chat.load_meta(folder)
+        return dataset.load_meta(folder)
     assert not folder.exists() or not list(folder.iterdir())  # a failed run leaves no half a dataset
     return None
 
@@ -466,7 +469,7 @@ def test_fuzzed_input_is_counted_or_refused_in_one_line_never_a_traceback(tmp_pa
             return script.main(argv + JSONL_RUNS[name][0])
         if name == "reddit":
             return script.main(argv)
-        return shards.prepare(shards.prepare_parser("").parse_args(argv), script.read_dialogues, script.__file__)
+        return prepare_cli.prepare(prepare_cli.prepare_parser("").parse_args(argv), script.read_dialogues, script.__file__)
 
     meta = prepare(tmp_path / "out")  # skips and counts: never a traceback
     assert check_dataset(tmp_path / "out") == meta
@@ -480,7 +483,7 @@ def test_fuzzed_input_is_counted_or_refused_in_one_line_never_a_traceback(tmp_pa
     assert check_dataset(tmp_path / "strict") is None
     if "--speaker" in JSONL_RUNS.get(name, [[]])[0]:  # without the mapping, the first unknown speaker stops the run
         with pytest.raises(SystemExit) as e:
-            shards.prepare(script.parse_args([*paths, "--out_dir", str(tmp_path / "unmapped"), "--workers", "1"]),
+            prepare_cli.prepare(script.parse_args([*paths, "--out_dir", str(tmp_path / "unmapped"), "--workers", "1"]),
                            functools.partial(script.read_dialogues, args=script.parse_args(JSONL_RUNS[name][0][:-2])),
                            script.__file__)
         assert str(e.value).startswith("error: ") and "\n" not in str(e.value) and "has no known role" in str(e.value)

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 import chat
-import shards
+import dataset
 import merge
+import readers
+import tokenizer
 from conftest import ROOT, shared_file
 
 
@@ -30,17 +32,17 @@ def prepare(name, *args, check=True):
 
 def decoded(data_dir):
     """The whole dataset as text (train then val) and its metadata."""
-    meta = chat.load_meta(data_dir)
-    tok = chat.load_tokenizer(meta)
-    return "".join(tok.decode(chat.open_split(data_dir, s)[0].tolist()) for s in chat.SPLITS), meta
+    meta = dataset.load_meta(data_dir)
+    tok = tokenizer.load_tokenizer(meta)
+    return "".join(tok.decode(dataset.open_split(data_dir, s)[0].tolist()) for s in dataset.SPLITS), meta
 
 
 def shard_bytes(data_dir):
-    return {f"{s}.{e}": (data_dir / f"{s}.{e}").read_bytes() for s in chat.SPLITS for e in ("bin", "roles")}
+    return {f"{s}.{e}": (data_dir / f"{s}.{e}").read_bytes() for s in dataset.SPLITS for e in ("bin", "roles")}
 
 
 def dialogues(meta):
-    return sum(meta["counts"][s].get("dialogues", 0) for s in chat.SPLITS)
+    return sum(meta["counts"][s].get("dialogues", 0) for s in dataset.SPLITS)
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +122,8 @@ def test_personachat_persona_becomes_context(tmp_path):
             "my favorite holiday is halloween.\n\n\nA: hi, how are you doing? i'm getting ready to do some cheetah "
             "chasing to stay in shape.\n\n\nB: you must be very fast. hunting is one of my favorite hobbies.\n\n\n") in text
     assert dialogues(meta) == 18 and " ?" not in text
-    tokens, roles = chat.open_split(tmp_path, "train")
-    assert np.all((roles[tokens == chat.load_meta(tmp_path)["eot"]]) == 0)
+    tokens, roles = dataset.open_split(tmp_path, "train")
+    assert np.all((roles[tokens == dataset.load_meta(tmp_path)["eot"]]) == 0)
     assert set(np.unique(roles)) == {0, chat.ROLE_CONTEXT, 1 | chat.ROLE_FIRST_TURN, 1, 2}
 
 
@@ -145,7 +147,7 @@ def test_webtext_jsonl_and_txt(tmp_path):
     text, meta = decoded(tmp_path / "j")
     first = json.loads(files[0].read_text().splitlines()[0])["text"]
     assert "<|endoftext|>" + first in text
-    assert sum(meta["counts"][s].get("documents", 0) for s in chat.SPLITS) == 20
+    assert sum(meta["counts"][s].get("documents", 0) for s in dataset.SPLITS) == 20
     # the same documents as .txt files (one plain, one zstd) give the same tokens
     import zstandard
     txt = tmp_path / "txt"
@@ -164,27 +166,27 @@ def test_webtext_jsonl_and_txt(tmp_path):
 def test_long_text_file_streams_in_pieces_with_the_tokens_of_the_whole(tmp_path, gpt2):
     src = shared_file("tinyshakespeare", "input.txt")
     text = src.read_text()
-    pieces = list(shards.read_text(src, shards.Report(), piece_bytes=20_000))
+    pieces = list(readers.read_text(src, readers.Report(), piece_bytes=20_000))
     assert len(pieces) > 20 and "".join(pieces) == text
     assert sum((gpt2.encode(p) for p in pieces), []) == gpt2.encode(text)
     (tmp_path / "play.txt").write_bytes(src.read_bytes() * 3)  # one 3.3 MB document
     prepare("webtext", tmp_path / "play.txt", "--out_dir", tmp_path / "d", "--val_fraction", 0.5)
     got, meta = decoded(tmp_path / "d")
     assert got == "<|endoftext|>" + text * 3  # all pieces went to one split, after one eot
-    assert sum(meta["counts"][s].get("documents", 0) for s in chat.SPLITS) == 1
+    assert sum(meta["counts"][s].get("documents", 0) for s in dataset.SPLITS) == 1
 
 
-@pytest.mark.parametrize("tokenizer", ["gpt2", "char"])
-def test_shakespeare(tmp_path, tokenizer):
+@pytest.mark.parametrize("kind", ["gpt2", "char"])
+def test_shakespeare(tmp_path, kind):
     src = shared_file("tinyshakespeare", "input.txt")
-    prepare("shakespeare", src, "--tokenizer", tokenizer, "--out_dir", tmp_path)
-    meta = chat.load_meta(tmp_path)
-    tok = chat.load_tokenizer(meta)
-    train, val = (tok.decode(chat.open_split(tmp_path, s)[0].tolist()) for s in chat.SPLITS)
+    prepare("shakespeare", src, "--tokenizer", kind, "--out_dir", tmp_path)
+    meta = dataset.load_meta(tmp_path)
+    tok = tokenizer.load_tokenizer(meta)
+    train, val = (tok.decode(dataset.open_split(tmp_path, s)[0].tolist()) for s in dataset.SPLITS)
     assert train.startswith("First Citizen:\nBefore we proceed any further, hear me speak.\n\n")
     assert "<|endoftext|>" not in train + val and 0.05 < len(val) / (len(train) + len(val)) < 0.15
     assert Counter(train + val) == Counter(src.read_text())  # every speech went to one split or the other
-    if tokenizer == "char":
+    if kind == "char":
         assert meta["vocab_size"] == 66 and meta["counts"]["train"]["tokens"] + meta["counts"]["val"]["tokens"] == len(src.read_text())
 
 
@@ -232,13 +234,13 @@ def test_append_is_byte_identical_to_one_go(tmp_path, name):
     prepare(name, *b, "--out_dir", tmp_path / "inc", "--append")
     assert "nothing new" in prepare(name, *a, *b, "--out_dir", tmp_path / "inc", "--append").stdout
     assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "inc")
-    one, inc = chat.load_meta(tmp_path / "one"), chat.load_meta(tmp_path / "inc")
+    one, inc = dataset.load_meta(tmp_path / "one"), dataset.load_meta(tmp_path / "inc")
     assert one["counts"] == inc["counts"] and one["inputs"] == inc["inputs"] and one["report"] == inc["report"]
     # merging the two halves prepared apart is the one-go dataset too
     prepare(name, *b, "--out_dir", tmp_path / "b")
     merge.merge(tmp_path / "ab", [tmp_path / "a", tmp_path / "b"])
     assert shard_bytes(tmp_path / "ab") == shard_bytes(tmp_path / "one")
-    assert chat.load_meta(tmp_path / "ab")["counts"] == one["counts"]
+    assert dataset.load_meta(tmp_path / "ab")["counts"] == one["counts"]
 
 
 def big_corpus(path, megabytes):
@@ -267,10 +269,10 @@ def test_killed_prepare_rerun_gives_the_same_dataset(tmp_path, append):
     proc.wait()
     if not append:
         with pytest.raises(SystemExit):
-            chat.load_meta(out)  # never a complete-looking dataset
+            dataset.load_meta(out)  # never a complete-looking dataset
     prepare("webtext", small, big, "--out_dir", out, "--workers", 2, *(["--append"] if append else []))
     assert shard_bytes(out) == shard_bytes(tmp_path / "ref")
-    assert chat.load_meta(out)["counts"] == chat.load_meta(tmp_path / "ref")["counts"]
+    assert dataset.load_meta(out)["counts"] == dataset.load_meta(tmp_path / "ref")["counts"]
     assert not list(out.glob("*.tmp"))
 
 
@@ -319,7 +321,7 @@ def test_batched_encoding_is_render(gpt2):
     items = [chat.Dialogue(["hi", "hello <|endoftext|> there\n\n\n\nyes"], context="persona"),
              chat.Document("plain text"), chat.Document(" goes on", key="k", eot=False),
              chat.Dialogue(["a", "b", "c"])]
-    out = shards.encode_chunk(items, seed=0, val_fraction=0, tok=gpt2)
+    out = dataset.encode_chunk(items, seed=0, val_fraction=0, tok=gpt2)
     tokens, roles, counts = out["train"]
     want_t, want_r = [], []
     for it in items:
@@ -337,8 +339,8 @@ def test_batched_encoding_is_render(gpt2):
 def test_text_file_with_a_bad_line_keeps_the_rest(tmp_path, capsys):
     path = tmp_path / "doc.txt"
     path.write_bytes(b"first line\nbad \xff byte\nthird line\n" * 3)
-    report = shards.Report()
-    pieces = list(shards.read_text(path, report, piece_bytes=16))
+    report = readers.Report()
+    pieces = list(readers.read_text(path, report, piece_bytes=16))
     assert "".join(pieces).replace("\n\n", "\n") == "first line\nthird line\n" * 3
     assert f"{path}:2: invalid UTF-8" in capsys.readouterr().err
     assert report.counts == {"bad input: invalid UTF-8": 3}

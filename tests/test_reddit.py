@@ -12,7 +12,9 @@ from collections import Counter
 import pytest
 
 import chat
-import shards
+import dataset
+import readers
+import tokenizer
 from conftest import ROOT, shared_file
 
 spec = importlib.util.spec_from_file_location("reddit_prepare", ROOT / "data" / "reddit" / "prepare.py")
@@ -28,11 +30,11 @@ def run(out_dir, *inputs, workers=1, extra=()):
 
 def dialogues(out_dir, split):
     """The decoded dialogues of one split: text after each eot."""
-    meta = chat.load_meta(out_dir)
+    meta = dataset.load_meta(out_dir)
     if not (out_dir / f"{split}.bin").stat().st_size:  # np.memmap refuses empty files
         return []
-    tokens, _ = chat.open_split(out_dir, split, meta)
-    return chat.load_tokenizer(meta).decode([int(t) for t in tokens]).split("<|endoftext|>")[1:]
+    tokens, _ = dataset.open_split(out_dir, split, meta)
+    return tokenizer.load_tokenizer(meta).decode([int(t) for t in tokens]).split("<|endoftext|>")[1:]
 
 
 def shard_bytes(out_dir):
@@ -47,7 +49,7 @@ def dump():
 def test_real_dump_becomes_alternating_dialogues(tmp_path, dump, gpt2):
     meta = run(tmp_path, dump, extra=["--buckets", "3"])
     texts = dialogues(tmp_path, "train") + dialogues(tmp_path, "val")
-    assert len(texts) == sum(meta["counts"][s]["dialogues"] for s in chat.SPLITS) > 100
+    assert len(texts) == sum(meta["counts"][s]["dialogues"] for s in dataset.SPLITS) > 100
     joined = "".join(texts)
     # a real exchange of the dump: entities, the markdown link and \r\n cleaned up
     assert re.search(r"[AB]: What is \"\(nudge nudge\) Scribe\"\?\n\n\n[AB]: Scribe User Manual\n\n"
@@ -58,7 +60,7 @@ def test_real_dump_becomes_alternating_dialogues(tmp_path, dump, gpt2):
         assert turns[-1] == "" and len(turns) - 1 >= 2
         assert [t[:3] for t in turns[:-1]] == [("A: ", "B: ")[i % 2] for i in range(len(turns) - 1)]
     # roles agree: speaker 1, 2, 1, ... and the first turn flagged
-    tokens, roles = chat.open_split(tmp_path, "train")
+    tokens, roles = dataset.open_split(tmp_path, "train")
     assert set(roles[tokens == gpt2.eot]) == {0}
     assert {r & 15 for r in roles} == {0, 1, 2}
     report = meta["report"]
@@ -69,11 +71,11 @@ def test_real_dump_becomes_alternating_dialogues(tmp_path, dump, gpt2):
 
 def test_train_and_val_never_share_a_thread(tmp_path, dump, gpt2):
     run(tmp_path, dump, extra=["--val_fraction", "0.3"])
-    split_of = {t: s for s in chat.SPLITS for t in dialogues(tmp_path, s)}
+    split_of = {t: s for s in dataset.SPLITS for t in dialogues(tmp_path, s)}
     # the same pipeline, keeping each dialogue's thread id
     args = reddit.parse_args([str(dump), "--workers", "1"])
     splits_per_thread = {}
-    for d in reddit.read_dialogues([str(dump)], shards.Report(), args, tmp_path):
+    for d in reddit.read_dialogues([str(dump)], readers.Report(), args, tmp_path):
         text = gpt2.decode(chat.render(gpt2, d.turns, d.context)[0][1:])
         splits_per_thread.setdefault(d.key, set()).add(split_of[text])
     assert all(len(s) == 1 for s in splits_per_thread.values())
@@ -146,7 +148,7 @@ def test_chains_merge_cut_dedup_and_survive_cycles(tmp_path, gpt2):
     texts = dialogues(tmp_path / "out", "train")
     assert texts == ["A: hello there\n\n\nB: hi ann\n\nand one more thing\n\n\n",
                      "A: replying to nothing\n\n\nB: nice to meet you cat\n\n\n"]
-    report = chat.load_meta(tmp_path / "out")["report"]
+    report = dataset.load_meta(tmp_path / "out")["report"]
     assert report["dropped: comments in reply cycles"] == 2
     assert report["dropped: comments by bots"] == 1
     assert report["dropped: dialogues repeating a history already used"] == 1
@@ -195,7 +197,7 @@ def test_kept_threads_append_covers_one_run_over_both_dumps(tmp_path, dump, gpt2
     """The real dump cut in two at its median time: prepared, then the second half appended, gives
     every dialogue that one run over the whole dump gives. What it has beyond that are chains
     emitted before their next replies came, and their histories are those of whole-run chains."""
-    lines = [json.loads(line) for _, line in shards.read_lines(dump, shards.Report())]
+    lines = [json.loads(line) for _, line in readers.read_lines(dump, readers.Report())]
     median = sorted(int(o["created_utc"]) for o in lines)[len(lines) // 2]
     early = write_lines(tmp_path / "early.jsonl", [o for o in lines if int(o["created_utc"]) < median])
     late = write_lines(tmp_path / "late.jsonl", [o for o in lines if int(o["created_utc"]) >= median])
@@ -280,7 +282,7 @@ def test_interrupted_run_leaves_no_valid_looking_output(tmp_path, dump, monkeypa
         run(tmp_path / "fresh", dump)
     assert not [f for f in (tmp_path / "fresh").iterdir() if not f.name.endswith(".tmp")]
     with pytest.raises(SystemExit):
-        chat.load_meta(tmp_path / "fresh")
+        dataset.load_meta(tmp_path / "fresh")
 
 
 def test_bare_command_without_dumps_explains_and_fails(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import chat
+import tokenizer
 from conftest import ROOT, top_two_gap
 from model import GPT, GPTConfig
 
@@ -30,7 +31,7 @@ def overfit(tmp_path_factory):
     as train.py saves, and what sample.py must answer with it: the model's greedy replies to the
     prompts the tests send, each checked to have a clear pick (top two logits over GAP apart) at
     every step, so that another CPU's kernels pick the same tokens."""
-    tok = chat.CharTokenizer("".join(sum(DIALOGUES, [])) + "".join(chat.LABELS) + ": \n?")
+    tok = tokenizer.CharTokenizer("".join(sum(DIALOGUES, [])) + "".join(chat.LABELS) + ": \n?")
     rendered = [chat.render(tok, d)[0] for d in DIALOGUES]
     data = torch.tensor(sum(rendered, []) * 2)
     starts = [0, len(rendered[0])]  # every window starts at a dialogue's eot, as sample.py's prompts do

@@ -19,6 +19,7 @@ import torch
 
 import chat
 import server
+import tokenizer
 from conftest import ROOT
 from test_sample import MAX_NEW, overfit  # noqa: F401 (a fixture)
 
@@ -37,7 +38,7 @@ def served(overfit):
     try:
         line = process.stdout.readline()  # "serving ... and POST http://127.0.0.1:PORT/chat"
         assert line.startswith("serving"), f"sample.py --serve did not start: {line!r}"
-        tok = chat.load_tokenizer(torch.load(overfit.path, weights_only=True)["meta"])
+        tok = tokenizer.load_tokenizer(torch.load(overfit.path, weights_only=True)["meta"])
         yield SimpleNamespace(url=line.split()[-1].removesuffix("/chat"), tok=tok)
     finally:
         process.terminate()

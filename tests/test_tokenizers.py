@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import chat
-import shards
+import dataset
+import readers
+import tokenizer
 from conftest import shared_file
 from test_formats import decoded, prepare, shard_bytes
 
@@ -23,25 +25,25 @@ def bpe_dataset(tmp_path_factory):
 def test_bpe_is_saved_beside_the_shards_and_loads_from_any_cwd(bpe_dataset, tmp_path, monkeypatch):
     meta = json.loads((bpe_dataset / "meta.json").read_text())
     assert meta["tokenizer"] == {"kind": "bpe", "name": "bpe:512", "path": "tokenizer.json",
-                                 "hash": chat.file_identity(bpe_dataset / "tokenizer.json")["hash"]}
+                                 "hash": dataset.file_identity(bpe_dataset / "tokenizer.json")["hash"]}
     assert meta["vocab_size"] == 512 and meta["dtype"] == "uint16"
     monkeypatch.chdir(tmp_path)  # train.py / sample.py run from anywhere
-    tok = chat.load_tokenizer(chat.load_meta(bpe_dataset))
-    assert tok.decode(chat.open_split(bpe_dataset, "train")[0][:8].tolist()).startswith("First Citizen")
+    tok = tokenizer.load_tokenizer(dataset.load_meta(bpe_dataset))
+    assert tok.decode(dataset.open_split(bpe_dataset, "train")[0][:8].tolist()).startswith("First Citizen")
     # what a checkpoint stores (the meta dict through a save/load) carries the tokenizer inline:
     # it loads with the dataset folder gone
     shutil.copytree(bpe_dataset, tmp_path / "gone")
-    kept = json.loads(json.dumps(chat.load_meta(tmp_path / "gone")))
+    kept = json.loads(json.dumps(dataset.load_meta(tmp_path / "gone")))
     shutil.rmtree(tmp_path / "gone")
-    tok2 = chat.load_tokenizer(kept)
+    tok2 = tokenizer.load_tokenizer(kept)
     assert tok2.encode(TRICKY) == tok.encode(TRICKY) and tok2.spec == meta["tokenizer"]
     # a moved dataset takes its tokenizer with it
     shutil.copytree(bpe_dataset, tmp_path / "moved")
-    assert chat.load_tokenizer(chat.load_meta(tmp_path / "moved")).encode("to be") == tok.encode("to be")
+    assert tokenizer.load_tokenizer(dataset.load_meta(tmp_path / "moved")).encode("to be") == tok.encode("to be")
 
 
 def test_bpe_round_trip_and_eot(bpe_dataset):
-    tok = chat.load_tokenizer(chat.load_meta(bpe_dataset))
+    tok = tokenizer.load_tokenizer(dataset.load_meta(bpe_dataset))
     ids = tok.encode(TRICKY)
     assert tok.decode(ids) == TRICKY and tok.eot not in ids
     assert chat.render(tok, ["say <|endoftext|>", "no"])[0].count(tok.eot) == 1
@@ -54,7 +56,7 @@ def test_bpe_ids_are_the_trained_tokenizers_ids(bpe_dataset):
     """tiktoken runs the trained merges; HF tokenizers reading tokenizer.json gives the same ids."""
     tokenizers = pytest.importorskip("tokenizers")
     hf = tokenizers.Tokenizer.from_file(str(bpe_dataset / "tokenizer.json"))
-    tok = chat.load_tokenizer(chat.load_meta(bpe_dataset))
+    tok = tokenizer.load_tokenizer(dataset.load_meta(bpe_dataset))
     play = shared_file("tinyshakespeare", "input.txt").read_text()[:50000]
     assert hf.encode(play).ids == tok.encode(play)
     assert hf.decode(tok.encode(play)) == play
@@ -65,7 +67,7 @@ def test_a_changed_tokenizer_file_is_refused(bpe_dataset, tmp_path):
     with open(tmp_path / "d" / "tokenizer.json", "a") as f:
         f.write("\n")  # e.g. a tokenizer.json of another run copied over this one
     with pytest.raises(SystemExit, match="not the tokenizer this dataset was encoded with"):
-        chat.load_tokenizer(chat.load_meta(tmp_path / "d"))
+        tokenizer.load_tokenizer(dataset.load_meta(tmp_path / "d"))
 
 
 def test_bpe_on_dialogues_append_reuses_it_and_workers_agree(tmp_path):
@@ -94,7 +96,7 @@ def test_a_test_set_takes_the_tokenizer_of_a_prepared_dataset(tmp_path):
     prepare("personachat", valid, "--tokenizer", tmp_path / "train", "--out_dir", tmp_path / "test")
     assert (tmp_path / "test" / "tokenizer.json").read_bytes() == (tmp_path / "train" / "tokenizer.json").read_bytes()
     text, meta = decoded(tmp_path / "test")
-    assert meta["tokenizer"] == chat.load_meta(tmp_path / "train")["tokenizer"] | {"json": meta["tokenizer"]["json"]}
+    assert meta["tokenizer"] == dataset.load_meta(tmp_path / "train")["tokenizer"] | {"json": meta["tokenizer"]["json"]}
     assert "A: hello what are doing today?" in text
 
 
@@ -109,21 +111,21 @@ def test_cl100k_dataset_is_uint32(tmp_path):
     text, meta = decoded(tmp_path)
     assert meta["dtype"] == "uint32" and meta["eot"] == 100257
     assert "A: hi, how are you doing? i'm getting ready to do some cheetah chasing" in text
-    assert chat.open_split(tmp_path, "train")[0].dtype == np.uint32
+    assert dataset.open_split(tmp_path, "train")[0].dtype == np.uint32
 
 
 @pytest.mark.parametrize("name", ["p50k_base", "r50k_base", "cl100k_base"])
 def test_tiktoken_encodings_by_name(name, tiktoken_vocab):
-    tok = chat.load_tokenizer(name)
+    tok = tokenizer.load_tokenizer(name)
     assert tok.decode(tok.encode(TRICKY)) == TRICKY and tok.eot not in tok.encode(TRICKY)
     assert tok.encode_array(TRICKY).tolist() == tok.encode(TRICKY)
-    assert chat.token_dtype(tok.vocab_size) == ("uint32" if name == "cl100k_base" else "uint16")
+    assert tokenizer.token_dtype(tok.vocab_size) == ("uint32" if name == "cl100k_base" else "uint16")
 
 
 def test_text_pieces_encode_like_the_whole_with_cl100k(tiktoken_vocab):
-    tok = chat.load_tokenizer("cl100k_base")
+    tok = tokenizer.load_tokenizer("cl100k_base")
     src = shared_file("tinyshakespeare", "input.txt")
-    pieces = list(shards.read_text(src, shards.Report(), piece_bytes=50_000))
+    pieces = list(readers.read_text(src, readers.Report(), piece_bytes=50_000))
     assert len(pieces) > 10
     assert np.array_equal(np.concatenate([tok.encode_array(p) for p in pieces]), tok.encode_array(src.read_text()))
 
@@ -137,8 +139,8 @@ def test_a_trained_bpe_never_sees_the_val_split(tmp_path):
     (tmp_path / "dialogues.jsonl").write_text("".join(json.dumps([f"{w} " * 20, "ok"]) + "\n" for w in words))
     prepare("jsonl", tmp_path / "dialogues.jsonl", "--tokenizer", "bpe:1024", "--val_fraction", 0.3,
             "--out_dir", tmp_path / "d")
-    tok = chat.load_tokenizer(chat.load_meta(tmp_path / "d"))
-    val_text = tok.decode(chat.open_split(tmp_path / "d", "val")[0].tolist())
+    tok = tokenizer.load_tokenizer(dataset.load_meta(tmp_path / "d"))
+    val_text = tok.decode(dataset.open_split(tmp_path / "d", "val")[0].tolist())
     pieces = {split: [len(tok.encode(" " + w)) for w in words if (w in val_text) == (split == "val")]
               for split in ("train", "val")}
     assert len(pieces["val"]) >= 5 and len(pieces["train"]) >= 20, pieces

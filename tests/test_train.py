@@ -1,6 +1,7 @@
 """train.py end to end, as subprocesses on tiny char-level datasets: learning, checkpoints and
 their retention, exact resume after SIGTERM and SIGKILL, NaN steps, DDP (2 gloo processes)
 agreeing with one process, loss masking by role, dataset mixtures, resuming on changed data."""
+import dataclasses
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import torch
 
 import chat
 import machine
+import tokenizer
 from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +34,7 @@ def write_tiny_dataset(data_dir, seed=0, words_a=(2, 6), words_b=(2, 6), alphabe
     """A few hundred made-up dialogues, rendered by chat.render and written as raw shard files."""
     rng = random.Random(seed)
     words = "hello hi how are you fine thanks what about the weather today good bad sunny rain".split()
-    tok = chat.CharTokenizer(alphabet)
+    tok = tokenizer.CharTokenizer(alphabet)
     data_dir.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", 300), ("val", 30)):
         tokens, roles = [], []
@@ -575,6 +577,15 @@ def test_budget_counts_again_where_the_warmdown_begins(monkeypatch, later):
     assert 10 + (1 - w) * (n - 10) == pytest.approx(at)  # the warmdown starts right here: no jump
     assert lines[0] == f"max_minutes 1: {first} iterations in all (100 ms a step, 1.0 s an eval)"
     assert lines[1].startswith(f"max_minutes 1: {n} iterations in all, counted again as the warmdown begins")
+
+
+def test_schedule_warms_up_decays_and_counts_from_its_start():
+    s = machine.Schedule(max_iters=110, learning_rate=1e-2, min_lr=1e-3, warmup_iters=10, lr_decay_iters=110)
+    assert [s.lr(0), s.lr(9), s.lr(10)] == pytest.approx([1e-2 / 11, 1e-2 * 10 / 11, 1e-2])
+    assert s.lr(60) == pytest.approx(1e-3 + 0.5 * 9e-3) and s.lr(110) == s.lr(500) == 1e-3  # cosine, then min_lr
+    restarted = dataclasses.replace(s, start=40)  # schedule_start=40: the same curve from iteration 40
+    assert [restarted.lr(40 + i) for i in range(120)] == [s.lr(i) for i in range(120)]
+    assert dataclasses.replace(s, decay_lr=False).lr(60) == 1e-2
 
 
 def test_plot_draws_the_log(runs, tmp_path):

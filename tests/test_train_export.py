@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import chat
+import tokenizer
 from conftest import ROOT, assert_close_logits, assert_same_greedy, generate_with_logits
 from model import GPT, GPTConfig
 
@@ -61,6 +62,6 @@ def test_export_gpt2_tokenizer(tmp_path, gpt2):
 @pytest.mark.parametrize("rope", [False, True], ids=["gpt2", "gpt_neox"])
 def test_export_trained_bpe(tmp_path, rope):
     texts = ["A: hello there, how are you today?\n\n\nB: fine thanks, and you?\n\n\n"] * 20
-    tok = chat.train_bpe(texts, 300, "tiny")
+    tok = tokenizer.train_bpe(texts, 300, "tiny")
     ours = checkpoint(tmp_path / "ckpt.pt", tok, {**tok.spec, "json": tok.file_text}, rope)
     export_and_compare(tmp_path, tok, ours)

@@ -15,7 +15,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from chat import LABELS
-from shards import make_dialogue, no_surrogates, prepare, prepare_parser
+from prepare_cli import prepare, prepare_parser
+from readers import make_dialogue, no_surrogates
 
 
 def read_dialogues(paths, report):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from chat import Dialogue, detokenize
-from shards import download, prepare, prepare_parser, read_lines
+from prepare_cli import prepare, prepare_parser
+from readers import download, read_lines
 
 URL = "http://yanran.li/files/ijcnlp_dailydialog.zip"
 RAW = Path(__file__).resolve().parent / "raw"

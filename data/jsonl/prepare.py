@@ -37,8 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from chat import CONTEXT_LABEL, LABELS
-from shards import (group_rows, lookup, make_dialogue, prepare, prepare_parser, read_csv, read_json, read_jsonl,
-                    read_parquet)
+from prepare_cli import prepare, prepare_parser
+from readers import group_rows, lookup, make_dialogue, read_csv, read_json, read_jsonl, read_parquet
 
 PATTERNS = tuple(f"*.{kind}{z}" for kind in ("jsonl", "json", "csv") for z in ("", ".gz", ".zst")) + ("*.parquet",)
 TURN_LISTS = ("turns", "messages", "conversations", "utterances")

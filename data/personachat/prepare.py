@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from chat import detokenize
-from shards import make_dialogue, prepare, prepare_parser, read_lines
+from prepare_cli import prepare, prepare_parser
+from readers import make_dialogue, read_lines
 
 LINE = re.compile(r"(\d+) (.*)")
 

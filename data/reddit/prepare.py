@@ -57,8 +57,9 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from chat import Dialogue, normalize
-from shards import (JSON_ERRORS, download, expand_inputs, json_problem, line_chunks, parallel_map, parse_json,
-                    prepare, prepare_parser, read_lines, zstd_chunks)
+from prepare_cli import prepare, prepare_parser
+from readers import JSON_ERRORS, download, expand_inputs, json_problem, line_chunks, parse_json, read_lines, zstd_chunks
+from workers import parallel_map
 
 RAW = Path(__file__).resolve().parent / "raw"
 PATTERNS = ("*.zst", "*.jsonl", "*.jsonl.gz")  # what a folder is searched for; files may be named anyhow

@@ -13,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from chat import Document
-from shards import download, prepare, prepare_parser, read_lines
+from prepare_cli import prepare, prepare_parser
+from readers import download, read_lines
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 RAW = Path(__file__).resolve().parent / "raw"

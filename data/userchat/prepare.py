@@ -29,8 +29,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from chat import EOT_TEXT
-from shards import CORRUPT_ERRORS, byte_chunks, make_dialogue, prepare, prepare_parser, read_lines
+from prepare_cli import prepare, prepare_parser
+from readers import CORRUPT_ERRORS, byte_chunks, make_dialogue, read_lines
+from tokenizer import EOT_TEXT
 
 START, END = "|aigenerationstart|", "|endofgeneration|"
 MARKER = re.compile(f"({re.escape(START)}|{re.escape(END)})")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from chat import Document
-from shards import prepare, prepare_parser, read_jsonl, read_text
+from prepare_cli import prepare, prepare_parser
+from readers import read_jsonl, read_text
 
 PATTERNS = ("*.txt", "*.txt.gz", "*.txt.zst", "*.jsonl", "*.jsonl.gz", "*.jsonl.zst", "*.json.gz", "*.json.zst")
 
