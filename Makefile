@@ -22,7 +22,7 @@ DTYPE ?=
 demo: $(VENV)/.installed
 	$(PY) data/demo/prepare.py $(DEMO_DATA)
 	$(PY) train.py config/train_chat_demo.py $(if $(DEMO_EXTRAS),,--dataset=dailydialog_demo) $(if $(DTYPE),--dtype=$(DTYPE))
-	$(PY) eval.py --out_dir=out-chat-demo
+	$(PY) eval.py --out_dir=out-chat-demo --hits=20
 	$(PY) plot.py out-chat-demo
 	printf 'Hi, how are you today?\nWhat do you do for a living?\nWhere should we go for dinner?\n' | \
 		$(PY) sample.py --out_dir=out-chat-demo --interactive

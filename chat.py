@@ -112,6 +112,27 @@ def render(tok, turns, context=None):
     return tokens, roles
 
 
+def parse(text):
+    """render's text of one dialogue (after its eot) -> (turns, context), or None when the text is
+    not a dialogue (a document of plain text): what eval.py reads back out of a prepared split."""
+    pieces = text.split(SEPARATOR)
+    if len(pieces) < 2 or pieces[-1]:  # every turn, the last included, ends with the separator
+        return None
+    turns, context = [], None
+    for i, piece in enumerate(pieces[:-1]):
+        label, colon, message = piece.partition(": ")
+        if label == CONTEXT_LABEL and colon:
+            if i == 0:
+                context = message
+            else:
+                turns.append(ContextTurn(message))
+        elif colon and label == LABELS[sum(not isinstance(t, ContextTurn) for t in turns) % len(LABELS)]:
+            turns.append(message)
+        else:
+            return None
+    return turns, context
+
+
 def reply_prompt(tok, turns, context=None, max_tokens=None):
     """Tokens that ask the model for the next turn: the rendered history + the next label with no
     trailing space (training text has 'B: hi', so the space belongs to the reply's first token).

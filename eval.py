@@ -7,14 +7,23 @@ fairly), the same for each role (A's turns, B's, the context block) and the spee
     python eval.py --out_dir=out-chat                                 # the val split of its dataset
     python eval.py --out_dir=out-chat --dataset=data/dailydialog_test --split=train
     python eval.py --out_dir=out-chat --dataset=data/dailydialog_test --split=train --json
+    python eval.py --out_dir=out-chat --hits=20                       # and response selection, hits@1/20
 
 Bytes are the UTF-8 bytes of the rendered text the predicted tokens stand for; an eot counts as 0
 bytes (its loss still counts). bits/byte = (sum of the losses in nats) / ln 2 / bytes.
+
+Response selection (--hits=N, as ConvAI2's hits@1/20): does a reply depend on what was said? Each
+of hits_items dialogues of the split is cut at a random turn k >= 1; the true turn k and N - 1 turns
+drawn the same way from other dialogues are scored as the next turn of the rendered history (label
+and separator included), in a random order. hits@1 is the share where the true turn scores highest,
+by total log-likelihood and by its mean per token; ties are broken at random, so a model that scores
+every candidate alike comes out at chance, 1/N.
 """
 import math
 import os
 import sys
 import time
+from contextlib import nullcontext
 from json import dumps
 
 import numpy as np
@@ -26,7 +35,7 @@ import chat
 import checkpoint
 from dataset import open_datasets
 from machine import autocast, choose
-from model import GPT
+from model import GPT, KVCache
 from tokenizer import load_tokenizer, tokenizer_key
 
 # -----------------------------------------------------------------------------
@@ -38,7 +47,11 @@ batch_size = 8          # windows per forward
 device = None           # default: the best there is
 dtype = None            # default: as sample.py (fp32 on CPUs, so scores do not depend on bf16 support)
 json = False            # one JSON object instead of the table
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+hits = 0                # > 0: response selection too: the true next turn ranked among this many candidates
+hits_items = 500        # --hits: contexts scored (the split's dialogues; each again, cut elsewhere, if fewer)
+seed = 1337             # --hits: the dialogues, their cuts, the other candidates, their order and ties
+if __name__ == '__main__':  # train.py imports the functions (--eval_hits)
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
 
@@ -68,6 +81,95 @@ def score(model, tokens, roles, token_bytes, block_size, batch_size, ctx, device
     return sums, time.time() - t0
 
 
+def split_dialogues(tok, tokens):
+    """The dialogues of a prepared split read back from their tokens: [(turns, context)], documents left out."""
+    starts = np.flatnonzero(np.asarray(tokens) == tok.eot)
+    parsed = (chat.parse(tok.decode(tokens[a + 1:b].tolist())) for a, b in zip(starts, [*starts[1:], len(tokens)]))
+    return [d for d in parsed if d]
+
+
+def selection_items(dialogues, n, items, rng):
+    """items contexts for hits@1/n: (history, context, candidates, index of the true next turn).
+    The true turn is turn k >= 1 of a dialogue; the others are turns k' >= 1 of other dialogues,
+    so a model blind to the history finds the true one no more often than chance."""
+    dialogues = [(turns, context, cuts) for turns, context in dialogues
+                 if (cuts := [k for k in range(1, len(turns)) if not isinstance(turns[k], chat.ContextTurn)])]
+    if len(dialogues) < 2:
+        sys.exit("error: response selection needs at least 2 dialogues of 2 turns or more")
+    order = np.concatenate([rng.permutation(len(dialogues)) for _ in range(-(-items // len(dialogues)))])[:items]
+    out = []
+    for i in order:
+        turns, context, cuts = dialogues[i]
+        k = rng.choice(cuts)
+        others = [dialogues[j + (j >= i)] for j in rng.integers(len(dialogues) - 1, size=n - 1)]
+        candidates = [turns_j[rng.choice(cuts_j)] for turns_j, _, cuts_j in others] + [turns[k]]
+        order_c = rng.permutation(n)
+        out.append((turns[:k], context, [candidates[c] for c in order_c], int(np.argmax(order_c == n - 1))))
+    return out
+
+
+@torch.no_grad()
+def candidate_scores(model, tok, history, context, candidates, ctx):
+    """(total log-likelihood, tokens) of each candidate as the next turn after history, as render
+    writes it (label and separator included). The history runs once into a KV cache that every
+    candidate continues in one batch; when they do not fit in block_size the history keeps its
+    last tokens, and candidates their first block_size // 2."""
+    device, block = model.lm_head.weight.device, model.config.block_size
+    prefix = chat.render(tok, history, context)[0]
+    turns = [tok.encode(chat.dialogue_pieces([*history, c], context)[-1][0])[:block // 2] for c in candidates]
+    longest = max(map(len, turns))
+    x = torch.zeros((len(turns), longest - 1), dtype=torch.long)
+    y = torch.full((len(turns), longest), -1, dtype=torch.long)  # the targets, the first one predicted by the history
+    for row, ids in enumerate(turns):
+        x[row, :len(ids) - 1], y[row, :len(ids)] = torch.tensor(ids[:-1]), torch.tensor(ids)
+    with ctx:
+        cache = KVCache(model.config, 1, model.cache_dtype(device.type), device)
+        first, _ = model(torch.tensor([prefix[-(block - longest + 1):]], device=device), kv_cache=cache)
+        batch = KVCache(model.config, len(turns), model.cache_dtype(device.type), device)
+        for kv, prefix_kv in zip(batch.kv, cache.kv):
+            kv.copy_(prefix_kv.expand_as(kv))
+        batch.pos = cache.pos
+        rest, _ = model(x.to(device), y[:, 1:].to(device), kv_cache=batch)
+    logits = torch.cat((first.expand(len(turns), -1, -1), rest), 1).float()
+    y = y.to(device)
+    logp = torch.log_softmax(logits, -1).gather(2, y.clamp(min=0)[..., None])[..., 0]
+    return torch.where(y >= 0, logp, 0.0).sum(1).cpu().numpy(), (y >= 0).sum(1).cpu().numpy()
+
+
+def response_selection(model, dialogues, tok, n=20, items=500, seed=1337, ctx=nullcontext()):
+    """hits@1/n over items contexts of dialogues ([(turns, context)]), ranking by total and by mean
+    log-likelihood per token; the mean rank of the true turn (1 = first) by each; chance."""
+    rng = np.random.default_rng(seed)
+    training = model.training
+    model.eval()
+    ranks = []
+    for history, context, candidates, true in selection_items(dialogues, n, items, rng):
+        total, count = candidate_scores(model, tok, history, context, candidates, ctx)
+        ranks.append([1 + (s > s[true]).sum() + rng.integers((s == s[true]).sum()) for s in (total, total / count)])
+    model.train(training)
+    ranks = np.array(ranks)
+    return {'hits/total': float((ranks[:, 0] == 1).mean()), 'hits/mean': float((ranks[:, 1] == 1).mean()),
+            'rank/total': float(ranks[:, 0].mean()), 'rank/mean': float(ranks[:, 1].mean()),
+            'chance': 1 / n, 'candidates': n, 'items': len(ranks)}
+
+
+def sample_reply(model, tok, message, ctx, seed):
+    """The model's reply, as B, to message (train.py's eval_sample): prompt and end of turn are
+    chat.py's, as in sample.py."""
+    device, block = model.lm_head.weight.device, model.config.block_size
+    prompt = torch.tensor([chat.reply_prompt(tok, [message], max_tokens=block // 2)], device=device)
+    reply = chat.Reply(tok)
+    training = model.training
+    model.eval()
+    with ctx:
+        for token in model.generate(prompt, block // 2, temperature=0.8, vocab_size=tok.vocab_size,
+                                    generator=torch.Generator(device=device).manual_seed(seed)):
+            if reply.add(token.item()):
+                break
+    model.train(training)
+    return reply.text.strip()
+
+
 if __name__ == '__main__':
     device, device_type, dtype = choose(device, dtype, generating=True)
     path = os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from
@@ -95,6 +197,11 @@ if __name__ == '__main__':
         if n:
             result[group] = {'loss': nats / n, 'bits_per_byte': nats / math.log(2) / nbytes if nbytes else None,
                              'tokens': int(n), 'bytes': int(nbytes)}
+    if hits:
+        t0 = time.time()
+        result['hits'] = response_selection(model, split_dialogues(tok, tokens), tok, hits, hits_items, seed,
+                                            autocast(device_type, dtype))
+        result['hits']['seconds'] = time.time() - t0
     if json:
         print(dumps(result))
     else:
@@ -105,3 +212,8 @@ if __name__ == '__main__':
                 bpb = f"{r['bits_per_byte']:.4f}" if r['bits_per_byte'] is not None else "n/a"
                 print(f"  {group:8s} loss {r['loss']:.4f}/token  {bpb} bits/byte  "
                       f"({r['tokens']:,} tokens, {r['bytes']:,} bytes)")
+        if hits:
+            h = result['hits']
+            print(f"  hits@1/{hits} {h['hits/total']:.1%} by total log-likelihood, {h['hits/mean']:.1%} by mean "
+                  f"per token (chance {h['chance']:.1%}); mean rank {h['rank/total']:.2f} / {h['rank/mean']:.2f} "
+                  f"of {hits} ({h['items']} contexts, {h['seconds']:.1f}s)")

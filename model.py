@@ -346,10 +346,8 @@ class GPT(nn.Module):
         block_size = self.config.block_size
         context = idx[:, -block_size:]  # what the model sees
         cache = step = None  # step: the one-token forward with the cache, if not the plain one
-        if kv_cache:  # in the dtype attention computes in
-            device_type = idx.device.type
-            autocast = torch.is_autocast_enabled(device_type)
-            dtype = torch.get_autocast_dtype(device_type) if autocast else self.lm_head.weight.dtype
+        if kv_cache:
+            dtype = self.cache_dtype(idx.device.type)
             if self._decode_graph is not None:
                 key = (idx.size(0), dtype, idx.device, self._decode_graph)
                 if self._decode_step is None or self._decode_step.key != key:
@@ -378,6 +376,11 @@ class GPT(nn.Module):
                 fresh = context
                 if cache is not None:
                     cache.reset()
+
+    def cache_dtype(self, device_type):
+        """What a KV cache stores: the dtype attention computes in (autocast's, else the weights')."""
+        autocast = torch.is_autocast_enabled(device_type)
+        return torch.get_autocast_dtype(device_type) if autocast else self.lm_head.weight.dtype
 
     def compile_decode(self):
         """torch.compile the one-token forward that generate() runs for every new token with the

@@ -1,7 +1,8 @@
 """
 Loss curves of training runs from their out_dir/log.jsonl (written by train.py), several runs on
 one chart: train and val loss (and val loss on A's and B's turns, dashed and dotted) against the
-tokens trained on, and against wall time.
+tokens trained on, and against wall time; with train.py --eval_hits, a third chart of response
+selection (hits@1/20 by total and by mean log-likelihood) against wall time.
 
     python plot.py out-chat                       # -> out-chat/loss.png
     python plot.py out-a out-b --to=compare.png
@@ -21,9 +22,12 @@ def read_log(out_dir):
 
 
 def plot(out_dirs, to):
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for n, out_dir in enumerate(out_dirs):
-        entries, color = read_log(out_dir), f'C{n}'
+    logs = [read_log(d) for d in out_dirs]
+    hits = [[e for e in entries if 'hits/total' in e] for entries in logs]
+    fig, axes = plt.subplots(1, 3 if any(hits) else 2, figsize=(18 if any(hits) else 12, 4.5))
+    axes[1].sharey(axes[0])
+    for n, (out_dir, entries) in enumerate(zip(out_dirs, logs)):
+        color = f'C{n}'
         start = entries[0]['time']
         name = os.path.basename(os.path.normpath(out_dir))
         for key, style, label in (('loss', '-', 'train'), ('val/loss', 'o-', 'val'), ('val/A', 'x--', 'val A'),
@@ -34,9 +38,18 @@ def plot(out_dirs, to):
             for ax, x in zip(axes, ([e['tokens'] / 1e6 for e in points], [(e['time'] - start) / 60 for e in points])):
                 ax.plot(x, [e[key] for e in points], style, color=color, label=f'{name} {label}',
                         alpha=0.5 if key == 'loss' else 1.0, markersize=4)
+        minutes = [(e['time'] - start) / 60 for e in hits[n]]
+        for key, style, label in (('hits/total', 'o-', 'by total'), ('hits/mean', 'x--', 'by mean')):
+            axes[-1].plot(minutes, [100 * e[key] for e in hits[n]], style, color=color, label=f'{name} {label}')
     axes[0].set_xlabel('tokens trained on (millions)')
     axes[1].set_xlabel('wall time (minutes)')
     axes[0].set_ylabel('loss (nats per token)')
+    if any(hits):
+        chance = next(e['chance'] for h in hits for e in h)
+        axes[2].axhline(100 * chance, color='gray', linestyle=':', label='chance')
+        axes[2].set_xlabel('wall time (minutes)')
+        axes[2].set_ylabel(f'hits@1/{round(1 / chance)} on val dialogues (%)')
+        axes[2].legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)

@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import chat
 import checkpoint
 from dataset import open_datasets
+from eval import response_selection, sample_reply, split_dialogues
 from machine import (Budget, Schedule, StopRequest, autocast, choose, duration, inject_faults, join_torchrun,
                      peak_flops, read_faults, tune_process)
 from model import GPT, GPTConfig
@@ -50,6 +51,7 @@ log_interval = 10
 eval_iters = 40  # batches per loss estimate, shared among the ranks
 eval_only = False  # evaluate once and exit
 eval_sample = ''  # a message from A: at each eval the model's reply is printed (and logged to wandb)
+eval_hits = 0  # > 0: every this many evals, hits@1/20 on the first dataset's val dialogues (eval.py --hits) to log.jsonl
 always_save_checkpoint = True  # else only when the val loss improves
 # 'scratch'; 'resume' (out_dir/ckpt.pt: weights, optimizer, iteration); 'auto' (resume if out_dir/ckpt.pt
 # exists, else scratch; 'auto:<init>' else that init); the path of one of our .pt files (its weights,
@@ -295,20 +297,6 @@ def estimate_loss(model):
     return out
 
 
-def sample_reply(model, tok, message):
-    """The model's reply, as B, to message: prompt and end of turn are chat.py's, as in sample.py."""
-    prompt = torch.tensor([chat.reply_prompt(tok, [message], max_tokens=block_size // 2)], device=device)
-    reply = chat.Reply(tok)
-    model.eval()
-    with ctx:
-        for token in model.generate(prompt, block_size // 2, temperature=0.8, vocab_size=tok.vocab_size,
-                                    generator=torch.Generator(device=device).manual_seed(seed)):
-            if reply.add(token.item()):
-                break
-    model.train()
-    return reply.text.strip()
-
-
 # what every checkpoint of this run records beside its weights, optimizer and iteration
 run_info = dict(model_args=model_args, config=config, meta=meta, world_size=world_size,
                 schedule_start=schedule.start, train_tokens=train_tokens)
@@ -337,7 +325,8 @@ if wandb_log and master:
     wandb_id = wandb.init(project=wandb_project, name=wandb_run_name, config=config, id=wandb_id,
                           resume='allow' if wandb_id else None).id
 run_log = checkpoint.open_log(out_dir, iter_num if resume else 0) if master else None
-tok = load_tokenizer(meta) if eval_sample else None
+tok = load_tokenizer(meta) if eval_sample or eval_hits else None
+hit_dialogues = split_dialogues(tok, datasets[0].splits['val'][0]) if eval_hits else None
 flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
 peak = peak_flops(device, dtype)  # None where no true peak is known (CPUs): no MFU then
 start_iter, nan_steps, skipped, steps_timed, eval_seconds = iter_num, 0, 0, 0, 0.0
@@ -354,8 +343,10 @@ while True:
             "".join(f", {k} {v:.4f}" for k, v in losses.items() if '/' in k))
         record(**{'train/loss': losses['train'], 'val/loss': losses['val']},
                **{k: v for k, v in losses.items() if '/' in k})
+        if eval_hits and (master or fsdp) and (iter_num % (eval_interval * eval_hits) == 0 or iter_num == schedule.max_iters):
+            record(**response_selection(raw_model, hit_dialogues, tok, ctx=ctx))
         if eval_sample and (master or fsdp):  # a sharded model needs all ranks for each forward
-            reply = sample_reply(raw_model, tok, eval_sample)
+            reply = sample_reply(raw_model, tok, eval_sample, ctx, seed)
             log(f"sample: A: {eval_sample} -> B: {reply}")
             if wandb_log and master:
                 wandb.log({'iter': iter_num, 'sample': wandb.Table(columns=['iter', 'A', 'B'],
