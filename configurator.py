@@ -10,11 +10,14 @@ literal when it parses as one (--lr=3e-4, --bias=False), else as a string; a bar
 Settings are the globals of type int, float, bool, str or None; they keep their type (an int may
 go where a float is expected; a None default takes anything). Leaves `config_keys`, the setting
 names, so the caller can record the configuration. Mistakes exit with one line, not a traceback.
+--help (or -h) prints the caller's docstring and its settings as its source sets them, and exits 0.
 """
 import ast as _ast
 import builtins as _builtins
 import difflib as _difflib
+import re as _re
 import sys as _sys
+import traceback as _traceback
 
 config_keys = [k for k, v in globals().items()
                if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
@@ -33,6 +36,24 @@ def _set(key, value, source):
     globals()[key] = value
 
 
+def _help():
+    """The script's docstring, then each setting's line from its source (default and comment)."""
+    try:
+        _source = open(__file__, encoding='utf-8').read().splitlines()
+    except (NameError, OSError):
+        _source = []
+    _lines = {}
+    for _line in _source:
+        _match = _re.match(r'(\w+)\s*=', _line)
+        if _match and _match.group(1) in config_keys:
+            _lines.setdefault(_match.group(1), _line)
+    print((globals().get('__doc__') or '').strip())
+    print("\nsettings (config/*.py files and --key=value override them, left to right; a bare --flag is True):")
+    for _key in config_keys:
+        print('  ' + _lines.get(_key, f"{_key} = {globals()[_key]!r}"))
+    _sys.exit(0)
+
+
 def _parse(key, text):
     if isinstance(globals().get(key), str):
         return text  # a str setting takes the text as it is (--wandb_run_name=2024 stays a string)
@@ -44,6 +65,8 @@ def _parse(key, text):
         return text
 
 
+if {'-h', '--help'} & set(_sys.argv[1:]):
+    _help()
 for _arg in _sys.argv[1:]:
     if not _arg.startswith('--'):  # a config file
         try:
@@ -55,7 +78,11 @@ for _arg in _sys.argv[1:]:
             _code = _builtins.compile(_code, _arg, 'exec')  # errors then name the file (compile is a setting)
         except SyntaxError as _e:
             _sys.exit(f"{_arg}:{_e.lineno}: {_e.msg}")
-        exec(_code, _file_globals)
+        try:
+            exec(_code, _file_globals)
+        except Exception as _e:  # the file's own line that raised, not the traceback into it
+            _line = [_f.lineno for _f in _traceback.extract_tb(_e.__traceback__) if _f.filename == _arg][-1]
+            _sys.exit(f"{_arg}:{_line}: {type(_e).__name__}: {_e}")
         for _key, _value in _file_globals.items():
             if not _key.startswith('_') and not isinstance(_value, type(_sys)):  # skip imports
                 _set(_key, _value, _arg)

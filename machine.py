@@ -101,8 +101,10 @@ class StopRequest:
 
 def read_faults():
     """Tests only, from NANOTALK_FAULT (comma-separated): 'kill:K' SIGKILL after iter K, 'term:K'
-    SIGTERM rank 0 after K, 'nan:K' a NaN loss at K, 'slow:K' sleep after K -> {kind: K}."""
-    return {kind: int(k) for kind, k in (f.split(':') for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f)}
+    SIGTERM rank 0 after K, 'nan:K' a NaN loss at K, 'slow:K' sleep after K -> {kind: K}. Faults
+    at a named point ('kill:save-linked', 'ENOSPC:out_dir'): dataset.reached."""
+    faults = (f.split(':', 1) for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f)
+    return {kind: int(k) for kind, k in faults if k.isdigit()}
 
 
 def inject_faults(faults, iter_num, master, sleep_seconds):

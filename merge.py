@@ -61,7 +61,10 @@ def merge(out_dir, in_dirs):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] in ("-h", "--help"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
+        print(__doc__.strip())
+        sys.exit(0)
+    if len(sys.argv) < 3:
         sys.exit(__doc__)
     meta = merge(sys.argv[1], sys.argv[2:])
     tokens = sum(meta["counts"][s].get("tokens", 0) for s in SPLITS)

@@ -57,8 +57,11 @@ class KVCache:
 
     def write(self, layer, kv, position):
         """Store one token's kv (B, nh, 2, 1, hs) at position, a (1,) tensor on the device (the fixed
-        shapes of DecodeStep); return the whole buffer."""
-        return self.kv[layer].index_copy_(3, position, kv)
+        shapes of DecodeStep), or a (B,) one: each row at its own position (the server's batch of
+        sequences of different lengths); return the whole buffer."""
+        if position.numel() == 1:
+            return self.kv[layer].index_copy_(3, position, kv)
+        return self.kv[layer].scatter_(3, position.view(-1, 1, 1, 1, 1).expand_as(kv), kv)
 
     def reset(self):
         self.pos = 0
@@ -122,8 +125,10 @@ class Rotary(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x, positions):
-        """x (..., T, hs) at positions: a slice of T, or DecodeStep's (1,) tensor."""
+        """x (B, nh, T, hs) at positions: a slice of T, or a (1,) or (B,) tensor of one token each."""
         cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
+        if isinstance(positions, torch.Tensor):  # a position per row: (B, 1, 1, hs / 2)
+            cos, sin = cos[:, None, None], sin[:, None, None]
         x1, x2 = x.chunk(2, -1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1)
 
@@ -166,7 +171,7 @@ class CausalSelfAttention(nn.Module):
         mask = None
         if position is not None:  # DecodeStep: one token sees the whole buffer up to its position
             kv = kv_cache.write(layer, kv, position)
-            mask = torch.arange(kv.size(3), device=x.device) <= position[:, None]  # (1, block_size + 1)
+            mask = (torch.arange(kv.size(3), device=x.device) <= position[:, None])[:, None, None]  # (B or 1, 1, 1, L)
         elif kv_cache is not None:
             kv = kv_cache.update(layer, kv)
         k, v = kv.unbind(2)
@@ -269,7 +274,8 @@ class GPT(nn.Module):
         the logits of every position too (training mode returns None for them, see lm_head_loss).
         Without: logits of the last position only. With a kv_cache, idx continues
         the cached positions and the cache advances by T; with a position too (DecodeStep), idx is
-        one token at that position, a (1,) tensor, and the cache's pos is left to the caller."""
+        one token at that position, a (1,) tensor or a (B,) one (a position per row), and the
+        cache's pos is left to the caller."""
         B, T = idx.size()
         if position is None:
             start = 0 if kv_cache is None else kv_cache.pos
@@ -277,7 +283,7 @@ class GPT(nn.Module):
                 f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
         x = self.transformer.wte(idx)
         if not self.config.rope:  # else attention turns queries and keys by their positions
-            x = x + (self.transformer.wpe.weight[start:start + T] if position is None else self.transformer.wpe(position))
+            x = x + (self.transformer.wpe.weight[start:start + T] if position is None else self.transformer.wpe(position)[:, None])
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             if self.activation_checkpointing and self.training:
@@ -556,15 +562,16 @@ def lm_head_loss(x, weight, targets):
 
 
 def sample_next(logits, context, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
-                generator=None):
+                generator=None, u=None):
     """Pick one token per row from logits (B, V). context (B, T) holds the tokens the repetition
     penalty applies to (CTRL-style: a seen token's logit is divided by the penalty if positive,
-    multiplied if negative)."""
+    multiplied if negative). u: the rows' uniform draws (B, 1) in float64, when each row draws from
+    its own generator (the server's batch), instead of drawing them from generator."""
     if repetition_penalty != 1.0:
         seen = logits.gather(1, context)
         seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
         logits = logits.scatter(1, context, seen)
-    if temperature == 0:
+    if temperature < 1e-6:  # greedy: a tinier temperature makes logits / temperature overflow to inf
         return logits.argmax(dim=-1)
     candidates = None  # the token ids of logits' columns, once they are the top few, sorted
     if top_k is not None and top_k < logits.size(-1):
@@ -581,6 +588,7 @@ def sample_next(logits, context, temperature=1.0, top_k=None, top_p=None, repeti
     # than torch.multinomial (an exponential per token). In float64 so that the draw stays below the
     # total and never lands on a token given probability 0.
     cdf = probs.cumsum(dim=-1, dtype=torch.float64)
-    u = torch.rand(cdf.size(0), 1, dtype=cdf.dtype, device=cdf.device, generator=generator)
+    if u is None:
+        u = torch.rand(cdf.size(0), 1, dtype=cdf.dtype, device=cdf.device, generator=generator)
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     return token[:, 0] if candidates is None else candidates.gather(1, token)[:, 0]

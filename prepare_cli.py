@@ -5,6 +5,7 @@ and its refusal of runs that keep nothing. Each prepare script only opens its so
 Dialogues or Documents.
 """
 import argparse
+import errno
 import json
 import os
 import sys
@@ -13,14 +14,18 @@ from collections import Counter
 from pathlib import Path
 
 from chat import CONTEXT_LABEL, LABELS, Document, dialogue_pieces
-from dataset import SPLITS, NothingKept, file_identity, is_val, load_meta, recover, split_key, write_dataset
+from dataset import (JOURNAL, SPLITS, NothingKept, file_identity, hold_folder, is_val, load_meta, recover, split_key,
+                     write_dataset)
 from readers import MAX_RECORD_MB, Report, expand_inputs
-from tokenizer import CharTokenizer, load_tokenizer, train_bpe
+from tokenizer import BPE_FILE, CharTokenizer, load_tokenizer, train_bpe
 
 
 class PrepareParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
-        return check_settings(super().parse_args(args, namespace))
+        args = check_settings(super().parse_args(args, namespace))
+        # the script's own flags as given, before it derives others: how it reads its inputs (--append)
+        args.reading = {k: v for k, v in sorted(vars(args).items()) if k not in SHARED_SETTINGS}
+        return args
 
 
 def available_cores():
@@ -91,29 +96,47 @@ def item_texts(item):
     return [item.text] if isinstance(item, Document) else [text for text, _ in dialogue_pieces(item.turns, item.context)]
 
 
+SHARED_SETTINGS = {"inputs", "out_dir", "append", "tokenizer", "val_fraction", "seed", "workers", "strict", "max_record_mb"}
+DATASET_FILES = ("meta.json", JOURNAL, BPE_FILE, *(f"{s}.{ext}" for s in SPLITS for ext in ("bin", "roles")))
+WRITE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # a disk full or read-only
+
+
 def prepare(args, read_items, script_file, patterns=("*",)):
     """Run a prepare script (its settings checked by prepare_parser): put out_dir right after a run
     that was killed, resolve inputs, skip those already in the dataset (--append), build the
     tokenizer, stream read_items(paths, report) into shards and print a summary."""
     out_dir = Path(args.out_dir or Path(script_file).resolve().parent)
+    with hold_folder(out_dir):  # one run writes into a folder at a time
+        return build(args, out_dir, read_items, script_file, patterns)
+
+
+def build(args, out_dir, read_items, script_file, patterns):
+    """prepare's work, in out_dir, which it holds."""
     recover(out_dir)
     max_record = int(args.max_record_mb * 2**20)
     report = Report(strict=args.strict, max_record=max_record)
-    paths = expand_inputs(args.inputs, patterns)
+    own = {out_dir.resolve() / name for name in DATASET_FILES}  # an input folder may be out_dir itself
+    paths = [p for p in expand_inputs(args.inputs, patterns) if Path(p).resolve() not in own]
     if not paths:
         sys.exit(f"error: no input files in {' '.join(args.inputs)} (looking for {' '.join(patterns)})")
-    inputs = [file_identity(p) for p in paths]
+    reading = args.reading
+    inputs = [{**file_identity(p), "reading": reading} for p in paths]
     exists = (out_dir / "meta.json").exists()
     old = load_meta(out_dir) if args.append and exists else None
     if exists and not args.append:
-        n = len(json.loads((out_dir / "meta.json").read_text())["inputs"])
-        print(f"replacing the dataset in {out_dir}, made from {n} input{'s' * (n != 1)}, with one made from "
-              f"these {len(paths)} (--append adds to it instead)")
+        try:
+            n = len(json.loads((out_dir / "meta.json").read_text())["inputs"])
+            made = f", made from {n} input{'s' * (n != 1)},"
+        except (ValueError, KeyError, TypeError):  # a damaged meta.json: the run that replaces it
+            made = " (its meta.json is damaged)"
+        print(f"replacing the dataset in {out_dir}{made} with one made from these {len(paths)} (--append adds to it "
+              f"instead)")
     if old:
-        seen = {(i["name"], i["size"], i["hash"]) for i in old["inputs"]}
-        fresh = [(p, i) for p, i in zip(paths, inputs) if (i["name"], i["size"], i["hash"]) not in seen]
+        # the same bytes read with other flags (another field, another speaker) are other data
+        seen = {(i["name"], i["size"], i["hash"], json.dumps(i.get("reading", reading))) for i in old["inputs"]}
+        fresh = [(p, i) for p, i in zip(paths, inputs) if (i["name"], i["size"], i["hash"], json.dumps(reading)) not in seen]
         for p in set(paths) - {p for p, _ in fresh}:
-            print(f"skipping {p}: already in {out_dir}")
+            print(f"skipping {p}: already in {out_dir}, read with the same flags")
         paths, inputs = [p for p, _ in fresh], [i for _, i in fresh]
         if not paths:
             print("nothing new to add")
@@ -142,6 +165,13 @@ def prepare(args, read_items, script_file, patterns=("*",)):
                                       seed=args.seed, val_fraction=args.val_fraction, workers=args.workers)
     except NothingKept:
         sys.exit(nothing_kept(report, paths, script_file, out_dir if exists else None))
+    except OSError as e:
+        if e.filename and not str(e.filename).startswith(str(out_dir)) or e.errno not in WRITE_ERRORS:
+            raise  # not a write into out_dir: the reader's own error
+        kept = ("the --append is half done: once there is room, rerun the same command, which first undoes it"
+                if (out_dir / JOURNAL).exists() else
+                f"{out_dir} is as it was" if exists else "nothing was kept")
+        sys.exit(f"error: cannot write the dataset in {out_dir}: {e.strerror}; {kept}")
     print_summary(out_dir, meta, report, seconds)
     warn_if_thin(meta, old, report, args.val_fraction)
     return meta

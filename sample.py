@@ -41,8 +41,10 @@ stop = True                # end at the end of the model's turn (when the prompt
 serve = -1                 # a port (0: any free one): the chat page and API over HTTP (server.py)
 host = '127.0.0.1'         # --serve listens here; any other address exposes the model (see README)
 api_key = ''               # --serve: if set, requests must carry "Authorization: Bearer <api_key>"
-serve_queue = 8            # --serve: requests that may wait for the model; one more gets 503
+serve_batch = 16           # --serve: replies generated together (continuous batching: see batching.py)
+serve_queue = 64           # --serve: replies that may wait for a place in the batch; one more gets 503
 serve_timeout = 10.0       # --serve: seconds a client may leave its connection silent
+serve_deadline = 30.0      # --serve: seconds a client has to send its whole request (headers and body)
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
@@ -65,9 +67,12 @@ def sampling_problem(temperature, top_k, top_p):
 for problem in (sampling_problem(temperature, top_k, top_p),
                 f"num_samples must be at least 1, not {num_samples}" if num_samples < 1 else None,
                 f"max_new_tokens must be at least 1, not {max_new_tokens}" if max_new_tokens < 1 else None,
+                f"serve_batch must be at least 1, not {serve_batch}" if serve_batch < 1 else None,
                 f"serve_queue must be at least 1, not {serve_queue}" if serve_queue < 1 else None,
                 f"serve_timeout must be > 0, not {serve_timeout}" if not serve_timeout > 0 else None,
-                f"repetition_penalty must be > 0, not {repetition_penalty}" if not repetition_penalty > 0 else None):
+                f"serve_deadline must be > 0, not {serve_deadline}" if not serve_deadline > 0 else None,
+                f"repetition_penalty must be in [0.01, 100], not {repetition_penalty}"
+                if not 0.01 <= repetition_penalty <= 100 else None):
     if problem:
         sys.exit(problem)
 device, device_type, dtype = choose(device, dtype, generating=True)
@@ -77,13 +82,14 @@ ctx = autocast(device_type, dtype)
 
 if init_from == 'resume' or init_from.endswith('.pt'):
     try:
-        ckpt = checkpoint.load(init_from if init_from.endswith('.pt') else os.path.join(out_dir, 'ckpt.pt'), device)
+        ckpt = checkpoint.load(init_from if init_from.endswith('.pt') else os.path.join(out_dir, 'ckpt.pt'), device,
+                               keys=('model_args', 'model', 'meta'))
     except (FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     model = GPT.from_checkpoint(ckpt)
     tok = load_tokenizer(ckpt['meta'])
 else:  # OpenAI's GPT-2 or a local Hugging Face GPT-2 folder
-    model = GPT.from_pretrained(init_from)
+    model = checkpoint.pretrained(init_from, 0.0, True)
     tok = load_tokenizer('gpt2')
 model.eval().to(device)
 if device_type == 'cuda':  # the weights cast once, not by autocast for every token, and each token one graph replay
@@ -96,7 +102,12 @@ block_size = model.config.block_size
 
 
 def from_file(text):
-    return open(text[5:], encoding='utf-8').read() if text.startswith('FILE:') else text
+    if not text.startswith('FILE:'):
+        return text
+    try:
+        return open(text[5:], encoding='utf-8').read()
+    except OSError as e:
+        sys.exit(f"error: cannot read {text[5:]}: {e.strerror}")
 
 
 def sample_tokens(prompt, n, temperature, top_k, top_p, max_tokens, generator):
@@ -187,25 +198,15 @@ def chat_loop():
         history.append(chat.normalize(reply) or '...')
 
 
-def replies(prompt, temperature, top_k, top_p, max_tokens, seed):
-    """B's turn after prompt (token ids), for the server: its chat.Reply after each new token. A
-    seed makes the request's own generator; without one it draws from the shared one."""
-    reply = chat.Reply(tok)
-    rng = generator if seed is None else torch.Generator(device=device).manual_seed(seed)
-    for (token,) in sample_tokens(prompt, 1, temperature, top_k, top_p, max_tokens, rng):
-        reply.add(token)
-        yield reply
-        if reply.done:
-            return
-
-
 if serve >= 0:
     import server
+    from batching import Batcher
     name = os.path.basename(os.path.normpath(out_dir if init_from == 'resume' else init_from))
-    defaults = dict(temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_new_tokens,
-                    context=from_file(context).strip() or None)
-    server.run(server.Model(name, chat_prompt, replies, sampling_problem, defaults), host, serve,
-               api_key=api_key, queue_size=serve_queue, read_timeout=serve_timeout)
+    defaults = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                    max_tokens=max_new_tokens, context=from_file(context).strip() or None)
+    batcher = Batcher(model, tok.vocab_size, serve_batch, ctx, torch.device(device))
+    server.run(server.Model(name, tok, block_size, batcher, sampling_problem, defaults, seed), host, serve,
+               api_key=api_key, queue_size=serve_queue, read_timeout=serve_timeout, request_deadline=serve_deadline)
 elif interactive:
     chat_loop()
 else:

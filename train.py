@@ -120,9 +120,10 @@ try:
     GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout)
 except ValueError as e:
     sys.exit(str(e))
-for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters', 'max_nan_steps'):
-    if globals()[k] < 1:
-        sys.exit(f"{k} must be at least 1, not {globals()[k]}")
+for k in ('learning_rate', 'batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters',
+          'max_nan_steps'):
+    if not globals()[k] > 0:
+        sys.exit(f"{k} must be {'> 0' if k == 'learning_rate' else 'at least 1'}, not {globals()[k]}")
 if not 0 <= lr_warmdown <= 1:
     sys.exit(f"lr_warmdown is a share of the steps after warmup, in [0, 1], not {lr_warmdown}")
 if train_on not in ('all', 'B', 'replies'):
@@ -131,6 +132,7 @@ if fsdp and ('RANK' not in os.environ or dtype == 'float16' or muon):
     sys.exit("fsdp shards over the ranks of a torchrun launch (--nproc_per_node=1 is one), in bfloat16 or float32, with AdamW")
 if not 0 <= token_noise < 1:
     sys.exit(f"token_noise is a share of the input tokens, in [0, 1), not {token_noise}")
+init_from = checkpoint.resolve_init(init_from, out_dir)  # 'auto': rerunning the same command continues the run
 faults = read_faults()  # tests only (machine.py): a kill, SIGTERM, NaN loss or slow step at a given iteration
 # -----------------------------------------------------------------------------
 
@@ -158,7 +160,7 @@ def finish(code=0, message=None):
     sys.exit(code)
 
 
-os.makedirs(out_dir, exist_ok=True)  # by every rank: harmless, and none waits on another
+run_lock = checkpoint.hold(out_dir, master)  # a second run on out_dir stops here
 tune_process(device_type)
 ctx = autocast(device_type, dtype)
 
@@ -190,8 +192,6 @@ def get_batch(split, step, micro, source=None):
 user_config = {k: globals()[k] for k in config_keys}  # before a checkpoint's architecture overrides it
 iter_num, best_val_loss, ckpt, budget_pending = 0, float('inf'), None, max_minutes > 0
 torch.manual_seed(seed)  # the same initial weights on every rank
-if init_from.startswith('auto'):  # rerunning the same command continues the run
-    init_from = 'resume' if os.path.exists(os.path.join(out_dir, 'ckpt.pt')) else init_from[5:] or 'scratch'
 resume = init_from == 'resume'
 if resume or os.path.isfile(init_from):  # one of our checkpoints
     ckpt_path = os.path.join(out_dir, 'ckpt.pt') if resume else init_from
@@ -205,7 +205,7 @@ elif init_from == 'scratch':
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
                           n_embd=n_embd, dropout=dropout, bias=bias, rope=rope), zero_proj=zero_proj)
 else:  # OpenAI's GPT-2 weights
-    model = GPT.from_pretrained(init_from, dropout=dropout)
+    model = checkpoint.pretrained(init_from, dropout, master)
 if not resume:  # a new run: the weights fit our block_size
     if block_size > model.config.block_size:
         sys.exit(f"block_size {block_size} is larger than {init_from}'s {model.config.block_size}")

@@ -61,6 +61,8 @@ def test_missing_or_broken_config_file(monkeypatch, tmp_path):
     cfg = tmp_path / "cfg.py"
     cfg.write_text("batch_size = 8\nlearning_rate = = 1\n")
     assert error(monkeypatch, str(cfg)).startswith(f"{cfg}:2: ")  # the file and line, not <string>
+    cfg.write_text("batch_size = 8\n\ndef f():\n    return 1 / 0\n\nlearning_rate = f()\n")
+    assert error(monkeypatch, str(cfg)) == f"{cfg}:4: ZeroDivisionError: division by zero"  # where it raised
 
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in (ROOT / "config").glob("*.py")))
@@ -73,3 +75,17 @@ def test_config_files_set_only_train_settings(monkeypatch, path):
     monkeypatch.setattr(sys, "argv", ["train.py", path])
     exec(CONFIGURATOR, env)
     assert env["out_dir"] != "out"  # each config writes to its own folder
+
+
+SCRIPTS = ["train.py", "sample.py", "eval.py", "export.py", "merge.py", "plot.py",
+           *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("data/*/prepare.py"))]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_answers_help(script):
+    """--help: the script's usage and settings, exit 0 (never "unknown config key 'help'")."""
+    import subprocess
+    out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    if script in ("train.py", "sample.py", "eval.py", "export.py"):  # the configurator's: every setting, with its default
+        assert "  out_dir = " in out.stdout and "settings" in out.stdout

@@ -84,7 +84,7 @@ def overfit(tmp_path_factory):
     end = run_on.find(chat.SEPARATOR)
     assert end >= 0 and run_on[end + len(chat.SEPARATOR):].strip(), \
         f"{run_on!r}: 20 tokens must go on past the end of B's turn, or --stop=False is not tested"
-    return SimpleNamespace(path=path, reply=lambda *turns: replies[turns],
+    return SimpleNamespace(path=path, model=model, reply=lambda *turns: replies[turns],
                            one_shot=turn(chat.encode_prompt(tok, ONE_SHOT)), run_on=run_on)
 
 

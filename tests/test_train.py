@@ -469,6 +469,7 @@ def test_training_and_chat_need_no_zstandard_or_requests(runs, tmp_path):
     ("--n_layer=-2", "n_layer must be at least 1, not -2"),
     ("--n_head=3", "n_embd=32 must be a multiple of n_head=3"),
     ("--batch_size=0", "batch_size must be at least 1, not 0"),
+    ("--learning_rate=-1", "learning_rate must be > 0, not -1.0"),
     ("--device=cdua", "device 'cdua' is not a device"),
     ("--dropout=1.5", "dropout must be in [0, 1)"),
     ("--muon=True --fsdp=True", "with AdamW"),
