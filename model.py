@@ -132,7 +132,7 @@ class Rotary(nn.Module):
     """Rotary position embeddings (Su et al. 2021, RoFormer; GPT-NeoX's layout): the two halves of
     each query and key turn together by angles proportional to the position, so their dot product
     depends on the distance between the tokens, not on where the window starts. A dialogue seen at
-    any offset then looks the same (the demo's held-out bits/byte at 1,000 steps: 1.593 -> 1.551)."""
+    any offset then looks the same, and the demo scores markedly better with it (docs/results.md)."""
 
     def __init__(self, dims, block_size, base):
         """dims: how many of each head's dims turn, the first ones (GPT-NeoX's partial rotary)."""
@@ -153,8 +153,8 @@ class Rotary(nn.Module):
 
 class Dropout(nn.Dropout):
     """nn.Dropout, with the CPU's mask cut from random 64-bit draws, four 16-bit numbers to each:
-    torch's CPU dropout draws a number per element, ~4x the time of this mask (the demo's CPU step
-    is ~5% faster). p is rounded to a multiple of 1/65536. GPUs keep torch's fused kernel."""
+    torch's CPU dropout draws a number per element, several times the cost of this mask (figures in
+    docs/results.md). p is rounded to a multiple of 1/65536. GPUs keep torch's fused kernel."""
 
     def forward(self, x):
         if not (self.training and self.p > 0 and x.is_cpu):
@@ -204,11 +204,11 @@ class CausalSelfAttention(nn.Module):
         # T is tested first: a compiled one-token step then never branches on the cache length.
         if T > 1 and start > 0:
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
-        # No dropout on the attention weights (only on the residual stream): its T x T mask per head cost a
-        # quarter of a CPU step and, measured on the demo, bought nothing the extra steps did not beat
+        # No dropout on the attention weights (only on the residual stream): its T x T mask per head costs
+        # a large share of a CPU step, and on the demo the steps it costs are worth more (docs/results.md)
         if q.is_cpu and q.dtype == torch.bfloat16 and mask is None and 1 < T <= 512:
-            # the CPU's bf16 flash kernel is slower than plain matmuls up to ~512 tokens (1.5x at
-            # 256, 4x at 64: bench/bench_train.py), beyond which the T x T scores cost more
+            # the CPU's bf16 flash kernel is slower than plain matmuls up to ~512 tokens (figures in
+            # docs/results.md), beyond which the T x T scores cost more
             y = causal_attention(q, k, v)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and mask is None)
@@ -438,10 +438,9 @@ class GPT(nn.Module):
         """torch.compile the one-token forward that generate() runs for every new token with the
         cache; prompts stay eager (their lengths vary), the cache length is the one dynamic size.
         Freezing turns the weights into constants, so max-autotune can pick C++ GEMM kernels for
-        these one-row matmuls and bf16 autocast casts the weights once, not every token. On the
-        2-core dev CPU (1 thread): ~1.6x eager for a 4x128 model, 2x for GPT-2 124M in fp32, after
-        a compile of 10-75 s (seconds once inductor's cache is warm). For sampling only: weights
-        changed later are not seen."""
+        these one-row matmuls and bf16 autocast casts the weights once, not every token; the compile
+        takes tens of seconds (seconds once inductor's cache is warm; speeds in docs/results.md). For
+        sampling only: weights changed later are not seen."""
         options = {"freezing": True, "max_autotune": True, "coordinate_descent_tuning": True}  # no CUDA graphs
         self._decode = torch.compile(self.forward, dynamic=True, options=options)
         self._decode_graph = self._decode_step = None
