@@ -20,15 +20,19 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from dataset import atomic_write
+from dataset import atomic_write, hold_folder, reached
+from hf import HUB
 from tokenizer import tokenizer_key
 
+RESUME_KEYS = ('meta', 'iter_num', 'best_val_loss', 'config', 'optimizer', 'scaler')  # a resume reads them all
 
-def load(path, device='cpu'):
+
+def load(path, device='cpu', keys=('model_args', 'model')):
     """torch.load a checkpoint: tensors and plain Python only, never other pickled objects (they
-    could run code). Errors name the file and say what is wrong with it."""
+    could run code); it must hold keys (a sharded one's shards hold its model and optimizer). Errors
+    name the file and say what is wrong with it."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint at {path}") from None
     except Exception as e:
@@ -42,13 +46,43 @@ def load(path, device='cpu'):
         else:
             why = f"it is not a whole PyTorch checkpoint ({size:,} bytes): cut off, damaged or another kind of file"
         raise RuntimeError(f"could not load checkpoint {path}: {why}") from None
+    if not isinstance(ckpt, dict):
+        raise RuntimeError(f"could not load checkpoint {path}: it holds a {type(ckpt).__name__}, not a checkpoint")
+    missing = [k for k in keys if k not in ckpt and not (k in ('model', 'optimizer') and 'shards' in ckpt)]
+    if missing:
+        raise RuntimeError(f"could not load checkpoint {path}: it is no checkpoint of train.py's (it lacks "
+                           f"{', '.join(map(repr, missing))})")
+    return ckpt
+
+
+def hold(out_dir, master):
+    """out_dir made and found writable, and locked for as long as the run lives (dataset.hold_folder):
+    a second run on it stops at once. A job's ranks are one run: the master rank alone locks it."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        reached('out_dir')
+        tempfile.TemporaryFile(dir=out_dir).close()  # a read-only disk stops the run here, not at its first save
+    except OSError as e:
+        sys.exit(f"error: cannot write in {out_dir}: {e.strerror}")
+    return hold_folder(out_dir) if master else None
+
+
+def resolve_init(init_from, out_dir):
+    """init_from as train.py takes it: 'auto' made 'resume' where out_dir has a checkpoint, else its
+    fallback; or exit in one line when it names nothing there is."""
+    if init_from.startswith('auto'):
+        init_from = 'resume' if os.path.exists(os.path.join(out_dir, 'ckpt.pt')) else init_from[5:] or 'scratch'
+    if init_from in ('scratch', 'resume', *HUB) or os.path.exists(init_from):
+        return init_from
+    sys.exit(f"error: init_from {init_from!r} is no file or folder, nor one of 'scratch', 'resume', 'auto', "
+             f"'auto:<init>', {', '.join(map(repr, HUB))}")
 
 
 def load_start(path, dataset, resume, fsdp):
     """The checkpoint a run starts from (resume=True: it goes on with that run; else: its weights,
     fine-tuned on dataset, a dataset.Dataset), or exit with the reason it cannot be."""
     try:
-        ckpt = load(path)
+        ckpt = load(path, keys=('model_args', 'model', *RESUME_KEYS) if resume else ('model_args', 'model', 'meta'))
     except (FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     if tokenizer_key(ckpt['meta']['tokenizer']) != tokenizer_key(dataset.meta['tokenizer']):
@@ -76,13 +110,23 @@ def save(out_dir, ckpt, model, optimizer, is_best=False, keep_last=2, keep_every
     path = os.path.join(out_dir, 'ckpt.pt')
     if not write:
         return path
-    with atomic_write(path) as f:
-        torch.save(ckpt, f)
-    tmp = path + '.tmp'
-    for name in (['best.pt'] if is_best else []) + ([f'ckpt_{iter_num}.pt'] if keep_last or keep_every_hours else []):
-        os.link(path, tmp)  # the link keeps this file alive when the next ckpt.pt replaces the name
-        os.replace(tmp, os.path.join(out_dir, name))
-    prune(out_dir, keep_last, keep_every_hours)
+    try:
+        # a kill at any point leaves ckpt.pt whole, the old one or the new; and a temp file never
+        # shares its inode with a live checkpoint where the next save would write through it
+        with atomic_write(path) as f:
+            torch.save(ckpt, f)
+            reached('save-written')
+        reached('save-replaced')
+        tmp = path + '.tmp'
+        for name in (['best.pt'] if is_best else []) + ([f'ckpt_{iter_num}.pt'] if keep_last or keep_every_hours else []):
+            os.link(path, tmp)  # the link keeps this file alive when the next ckpt.pt replaces the name
+            reached('save-linked')
+            os.replace(tmp, os.path.join(out_dir, name))
+            reached('save-kept')
+        prune(out_dir, keep_last, keep_every_hours)
+    except OSError as e:
+        sys.exit(f"error: cannot save the checkpoint of iter {iter_num} in {out_dir}: {e.strerror}. The checkpoints "
+                 f"saved before are whole: make room and rerun with --init_from=auto to go on from the last one")
     return path
 
 
@@ -158,7 +202,7 @@ def gather_shards(ckpt, path):
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
     with tempfile.TemporaryDirectory() as tmp:
         dcp_to_torch_save(os.path.join(os.path.dirname(path), ckpt.pop('shards')), os.path.join(tmp, 'full.pt'))
-        ckpt.update(load(os.path.join(tmp, 'full.pt')))
+        ckpt.update(load(os.path.join(tmp, 'full.pt'), keys=('model', 'optimizer')))
     # the shards key AdamW's state by parameter name; torch.optim by position
     groups = ckpt['optimizer']['param_groups']
     position = {name: i for i, name in enumerate(name for g in groups for name in g['params'])}

@@ -17,6 +17,7 @@ import builtins as _builtins
 import difflib as _difflib
 import re as _re
 import sys as _sys
+import traceback as _traceback
 
 config_keys = [k for k, v in globals().items()
                if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
@@ -77,7 +78,11 @@ for _arg in _sys.argv[1:]:
             _code = _builtins.compile(_code, _arg, 'exec')  # errors then name the file (compile is a setting)
         except SyntaxError as _e:
             _sys.exit(f"{_arg}:{_e.lineno}: {_e.msg}")
-        exec(_code, _file_globals)
+        try:
+            exec(_code, _file_globals)
+        except Exception as _e:  # the file's own line that raised, not the traceback into it
+            _line = [_f.lineno for _f in _traceback.extract_tb(_e.__traceback__) if _f.filename == _arg][-1]
+            _sys.exit(f"{_arg}:{_line}: {type(_e).__name__}: {_e}")
         for _key, _value in _file_globals.items():
             if not _key.startswith('_') and not isinstance(_value, type(_sys)):  # skip imports
                 _set(_key, _value, _arg)

@@ -2,13 +2,17 @@
 A prepared dataset on disk, read and written here: {train,val}.bin tokens, {train,val}.roles role
 bytes (one per token, see chat.py), meta.json, a trained BPE's tokenizer.json, and the journal of
 an --append. Writing streams items into .tmp files and puts them in place only when complete, so a
-crash leaves the old dataset whole (recover puts a folder right after one).
+crash leaves the old dataset whole (recover puts a folder right after one). One run writes into a
+folder at a time (hold_folder: prepare's out_dir, and train.py's through checkpoint.py).
 """
 import contextlib
+import errno
+import fcntl
 import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import shutil
 import signal
@@ -21,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from chat import CONTEXT_LABEL, FORMAT_VERSION, LABELS, SEPARATOR, Dialogue, Document, dialogue_pieces
-from tokenizer import BPE_FILE, content_hash, read_bpe_file, token_dtype, tokenizer_key
+from tokenizer import BPE_FILE, FILE_KINDS, content_hash, read_bpe_file, token_dtype, tokenizer_key
 from workers import parallel_map
 
 # -----------------------------------------------------------------------------
@@ -31,6 +35,9 @@ SPLITS = ("train", "val")
 JOURNAL = "append.journal"
 
 
+META_KEYS = ("tokenizer", "vocab_size", "dtype", "eot")  # what reading a dataset needs of its meta.json
+
+
 def load_meta(data_dir):
     path = Path(data_dir) / "meta.json"
     if (Path(data_dir) / JOURNAL).exists():
@@ -38,8 +45,16 @@ def load_meta(data_dir):
                  f"--out_dir {data_dir} (e.g. the same --append), which puts the folder right first")
     if not path.exists():
         sys.exit(f"error: {path} not found: prepare the dataset first (python data/<name>/prepare.py)")
-    meta = json.loads(path.read_text())
-    if meta["tokenizer"]["kind"] == "bpe":  # its file, beside the shards, goes inline: a checkpoint
+    try:
+        meta = json.loads(path.read_text())
+        why = "" if isinstance(meta, dict) else "not a JSON object"
+    except (ValueError, OSError) as e:  # cut off, not UTF-8, unreadable
+        meta, why = {}, str(e)
+    missing = [k for k in META_KEYS if k not in meta]
+    if why or missing or not isinstance(meta["tokenizer"], dict) or "kind" not in meta["tokenizer"]:
+        sys.exit(f"error: {path} is damaged ({why or 'no ' + ', '.join(missing or ['tokenizer kind'])}): prepare the "
+                 f"dataset again (a prepare run without --append replaces it), or into another --out_dir")
+    if meta["tokenizer"]["kind"] in FILE_KINDS:  # its file, beside the shards, goes inline: a checkpoint
         # keeps this meta, and then needs no dataset folder to rebuild the tokenizer
         meta["tokenizer"]["json"] = read_bpe_file({**meta["tokenizer"], "dir": data_dir})
     return meta
@@ -56,6 +71,8 @@ def open_split(data_dir, split, meta=None):
     meta = meta or load_meta(data_dir)
 
     def view(path, dtype):  # an empty file (a small dataset's val) cannot be memory-mapped
+        if not path.is_file():
+            sys.exit(f"error: {path} not found: {data_dir} is not a whole dataset (prepare it again)")
         size, width = os.path.getsize(path), np.dtype(dtype).itemsize
         if size % width:
             sys.exit(f"error: {path} is {size:,} bytes, not a whole number of {width}-byte {dtype} tokens: "
@@ -94,9 +111,13 @@ def open_datasets(setting, data_root):
             weight = float(weight) if colon else 1.0
         except ValueError:
             sys.exit(f"dataset {part!r}: the weight after ':' must be a number")
+        if not 0 <= weight < math.inf:
+            sys.exit(f"dataset {part!r}: a weight is a share of the batches, a number >= 0, not {weight}")
         folder = os.path.join(data_root, name) if os.path.isdir(os.path.join(data_root, name)) else name
         meta = load_meta(folder)
         datasets.append(Dataset(name, folder, weight, meta, {s: open_split(folder, s, meta) for s in SPLITS}))
+    if not sum(d.weight for d in datasets) > 0:
+        sys.exit(f"dataset {setting!r}: the weights sum to 0: give some dataset a share of the batches")
     first = datasets[0]
     for d in datasets[1:]:
         if tokenizer_key(d.meta["tokenizer"]) != tokenizer_key(first.meta["tokenizer"]):
@@ -117,11 +138,85 @@ def atomic_write(path, mode="wb"):
     """Open path for writing through path.tmp, synced and renamed over path on success: a crash
     or an error leaves the old file (or none) whole, never half a file."""
     tmp = f"{path}.tmp"
-    with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
+    if os.path.lexists(tmp):
+        os.remove(tmp)  # a killed writer's: it may even be a hard link to a live file
+    try:  # "x" (O_EXCL): a new file of its own, never written through a name another file holds
+        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)  # a disk that filled up gets its space back
+        raise
     os.replace(tmp, path)
+
+
+def reached(point):
+    """Tests only: where a run may fail as a machine makes it fail. NANOTALK_FAULT (comma-separated)
+    'kill:<point>' SIGKILLs this process there; '<ERRNO>:<point>' (ENOSPC, EROFS, ...) fails there
+    as a write would. Points: prepare-tokenizing, -appending, -renaming, -meta (write_dataset),
+    out_dir, save-written, -replaced, -linked, -kept (checkpoint.py)."""
+    for fault in os.environ.get("NANOTALK_FAULT", "").split(","):
+        kind, _, where = fault.partition(":")
+        if where == point and kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if where == point and kind.startswith("E") and hasattr(errno, kind):
+            raise OSError(getattr(errno, kind), os.strerror(getattr(errno, kind)))
+
+
+held_folders = {}  # the real path of each folder this process holds -> the descriptor its lock is on
+
+
+def hold_folder(folder):
+    """Make folder and lock it for one run: an advisory flock on the folder itself (nothing is
+    written in it), released by the returned ExitStack (with hold_folder(d): ...) or when the
+    process dies, however it dies. Held by another process: exit in one line naming it. Held by
+    this one already: a no-op."""
+    os.makedirs(folder, exist_ok=True)
+    key = os.path.realpath(folder)
+    release = contextlib.ExitStack()
+    if key in held_folders:
+        return release
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        sys.exit(f"error: {folder} is in use by another run ({lock_holder(key)}): wait for it to end, or give this "
+                 f"one another folder")
+    held_folders[key] = fd
+    release.callback(lambda: os.close(held_folders.pop(key)))
+    return release
+
+
+def lock_holder(path):
+    """'pid N' of the process that holds path's flock, from Linux's /proc/locks; elsewhere 'a process'."""
+    inode = str(os.stat(path).st_ino)
+    try:
+        with open("/proc/locks") as f:
+            for fields in map(str.split, f):  # "1: FLOCK  ADVISORY  WRITE 4242 00:2f:1234 0 EOF"
+                i = fields.index("FLOCK") if "FLOCK" in fields else -1
+                if i >= 0 and len(fields) > i + 4 and fields[i + 4].rsplit(":", 1)[-1] == inode:
+                    return f"pid {fields[i + 3]}"
+    except OSError:
+        pass
+    return "a process"
+
+
+def in_use(folder):
+    """Whether another living process holds folder (hold_folder)."""
+    key = os.path.realpath(folder)
+    if key in held_folders:
+        return False
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def write_json(path, obj):
@@ -212,16 +307,6 @@ def encode_stream(items, tok, seed, val_fraction, workers):
     return parallel_map(encode, chunked(items), workers)
 
 
-FAULTS = os.environ.get("NANOTALK_FAULT", "").split(",")  # tests only: prepare:PHASE, see reached()
-
-
-def reached(phase):
-    """Where a prepare run may be killed: tokenizing, appending, renaming, meta. The tests SIGKILL
-    it there (NANOTALK_FAULT=prepare:PHASE) and check that a rerun ends as if nothing happened."""
-    if f"prepare:{phase}" in FAULTS:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def meta_hash(out_dir):
     return content_hash([(out_dir / "meta.json").read_bytes()])
 
@@ -262,7 +347,7 @@ def write_dataset(out_dir, items, tok, inputs, report, append=False, seed=1337, 
     out_dir.mkdir(parents=True, exist_ok=True)
     old = json.loads((out_dir / "meta.json").read_text()) if append and (out_dir / "meta.json").exists() else None
     files = {f"{s}.{ext}": out_dir / f"{s}.{ext}" for s in SPLITS for ext in ("bin", "roles")}
-    if tok.spec["kind"] == "bpe" and not old:  # a BPE trained for this run: its file goes in with the shards
+    if tok.spec["kind"] in FILE_KINDS and not old:  # a BPE trained for this run, or a model's: in with the shards
         files[BPE_FILE] = out_dir / BPE_FILE
     tmp = {name: Path(f"{path}.tmp") for name, path in files.items()}
     counts = {s: Counter() for s in SPLITS}
@@ -277,7 +362,7 @@ def write_dataset(out_dir, items, tok, inputs, report, append=False, seed=1337, 
                     out[f"{s}.bin"].write(tokens.tobytes())
                     out[f"{s}.roles"].write(roles.tobytes())
                     counts[s].update(c)
-                reached("tokenizing")
+                reached("prepare-tokenizing")
             if not any(c["tokens"] for c in counts.values()):
                 raise NothingKept
             for f in out.values():
@@ -296,12 +381,12 @@ def write_dataset(out_dir, items, tok, inputs, report, append=False, seed=1337, 
                 dst.flush()
                 os.fsync(dst.fileno())
             tmp[name].unlink()
-            reached("appending")
+            reached("prepare-appending")
     else:
         (out_dir / "meta.json").unlink(missing_ok=True)
         for name, path in files.items():
             os.replace(tmp[name], path)
-            reached("renaming")
+            reached("prepare-renaming")
     meta = {
         "format_version": FORMAT_VERSION,
         "tokenizer": tok.spec,
@@ -316,7 +401,7 @@ def write_dataset(out_dir, items, tok, inputs, report, append=False, seed=1337, 
         **(extra_meta or {}),
     }
     write_json(out_dir / "meta.json", meta)
-    reached("meta")
+    reached("prepare-meta")
     (out_dir / JOURNAL).unlink(missing_ok=True)
     return meta, time.time() - t0
 

@@ -1,7 +1,8 @@
 """
-Export a train.py checkpoint as a Hugging Face GPT-2 folder (GPT-NeoX for a model trained with
---rope=True) that transformers loads and generates from: config.json and model.safetensors, plus the
-tokenizer when it has a HF form (GPT-2's, or a BPE trained by a prepare script; a char tokenizer has none).
+Export a train.py checkpoint as a Hugging Face folder that transformers loads and generates from:
+GPT-2, GPT-NeoX (a rope model, as Pythia) or Llama / Qwen2 (RMSNorm and SwiGLU blocks), see hf.py;
+config.json and model.safetensors, plus the tokenizer when it has a HF form (GPT-2's, a BPE trained
+by a prepare script, or the model's own tokenizer.json; a char tokenizer has none).
 
 $ python export.py --out_dir=out-finetune-chat --to=hf-chat
 >>> from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -16,7 +17,9 @@ import os
 import torch
 
 import checkpoint
+import hf
 from model import GPT
+from tokenizer import FILE_KINDS, load_tokenizer
 
 out_dir = 'out'
 init_from = 'resume'  # out_dir/ckpt.pt, or the path of a checkpoint (e.g. out/best.pt)
@@ -28,7 +31,7 @@ def write_hf(ckpt):
     """config.json, model.safetensors and the tokenizer's files, if it has a HF form, in the folder to."""
     model = GPT.from_checkpoint(ckpt)
     meta = ckpt['meta']
-    model.export_hf(to, eot=meta['eot'])
+    hf.save(model, to, eot=meta['eot'])
     spec = meta['tokenizer']
     eot_text = '<|endoftext|>'
     tokenizer_config = dict(bos_token=eot_text, eos_token=eot_text, unk_token=eot_text,
@@ -42,10 +45,12 @@ def write_hf(ckpt):
             with open(os.path.join(to, ours), 'wb') as f:
                 f.write(read_file_cached(url + theirs))
         tokenizer_config['tokenizer_class'] = 'GPT2Tokenizer'
-    elif spec['kind'] == 'bpe':  # trained with HF tokenizers: its tokenizer.json is already the HF form
+    elif spec['kind'] in FILE_KINDS:  # HF tokenizers' tokenizer.json (trained by prepare, or the model's own)
         with open(os.path.join(to, 'tokenizer.json'), 'w', encoding='utf-8') as f:
             f.write(spec['json'])  # the checkpoint carries it (dataset.load_meta)
-        tokenizer_config['tokenizer_class'] = 'PreTrainedTokenizerFast'
+        eot_text = load_tokenizer(spec).decode([meta['eot']])  # a model's own may be </s>
+        tokenizer_config.update(bos_token=eot_text, eos_token=eot_text, unk_token=eot_text,
+                                tokenizer_class='PreTrainedTokenizerFast')
     else:
         print(f"no tokenizer written: the {spec['kind']} tokenizer has no Hugging Face form")
         return

@@ -101,8 +101,10 @@ class StopRequest:
 
 def read_faults():
     """Tests only, from NANOTALK_FAULT (comma-separated): 'kill:K' SIGKILL after iter K, 'term:K'
-    SIGTERM rank 0 after K, 'nan:K' a NaN loss at K, 'slow:K' sleep after K -> {kind: K}."""
-    return {kind: int(k) for kind, k in (f.split(':') for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f)}
+    SIGTERM rank 0 after K, 'nan:K' a NaN loss at K, 'slow:K' sleep after K -> {kind: K}. Faults
+    at a named point ('kill:save-linked', 'ENOSPC:out_dir'): dataset.reached."""
+    faults = (f.split(':', 1) for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f)
+    return {kind: int(k) for kind, k in faults if k.isdigit()}
 
 
 def inject_faults(faults, iter_num, master, sleep_seconds):
@@ -128,8 +130,8 @@ class Budget:
     resume), and every rank gets rank 0's count. With a warmdown (lr_warmdown) they are counted
     once more where it begins, from every step so far: the learning rate until then does not depend
     on the count, and a machine whose steps have got slower (or faster) still ends its warmdown when
-    the time is up, where stopping short of it would leave the learning rate high (make demo on a
-    busy machine, bf16: 1.582 -> 1.558 bits/byte). The warmdown then starts at that step, so
+    the time is up, where stopping short of it would leave the learning rate high (docs/results.md
+    has what that buys on a busy machine). The warmdown then starts at that step, so
     lr_warmdown becomes the share of the steps after warmup that remains. If the steps get slower
     still, over() says when the time is up anyway, short of the schedule's end. A budget of 0
     minutes does none of it."""

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from dataset import SPLITS, atomic_write, load_meta, open_split, recover, write_json
-from tokenizer import tokenizer_key
+from tokenizer import FILE_KINDS, tokenizer_key
 
 FORMAT_KEYS = ("format_version", "labels", "context_label", "separator")
 
@@ -46,7 +46,7 @@ def merge(out_dir, in_dirs):
     recover(out_dir)
     (out_dir / "meta.json").unlink(missing_ok=True)  # no complete-looking dataset until the end
     sources = {name: [Path(d) / name for d in in_dirs] for s in SPLITS for name in (f"{s}.bin", f"{s}.roles")}
-    if specs[0]["kind"] == "bpe":
+    if specs[0]["kind"] in FILE_KINDS:
         sources[specs[0]["path"]] = [Path(in_dirs[0]) / specs[0]["path"]]
     for name, paths in sources.items():
         with atomic_write(out_dir / name) as dst:

@@ -1,11 +1,10 @@
 """
-The GPT: a GPT-2 shaped decoder-only transformer, its KV cache and sampling loop, GPT-2 weight
-import/export (HF layout) and the FLOPs count used for MFU. The model and nothing else: no
-files beyond GPT-2 weights, no dialogue, no device or dtype policy (machine.py).
+The GPT: a decoder-only transformer (GPT-2's blocks by default; GPT-NeoX's and Llama's as config
+fields), its KV cache and sampling loop and the FLOPs count used for MFU. The model and nothing
+else: no files (Hugging Face folders in and out: hf.py), no dialogue, no device or dtype policy
+(machine.py).
 """
-import json
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -27,17 +26,36 @@ class GPTConfig:
     rope: bool = False  # rotary position embeddings instead of GPT-2's learnt ones (exported as GPT-NeoX)
     rope_theta: float = 10000.0  # rotary base
     rope_scale: float = 1.0  # rotary positions divided by this (position interpolation: a longer window, same angles)
+    # The fields below let the blocks be GPT-NeoX's (Pythia) or Llama's; the defaults are GPT-2's, so
+    # checkpoints saved without them load as they were.
+    rotary_pct: float = 1.0  # the share of each head's dims that rope turns (the first ones; Pythia: 0.25)
+    parallel_residual: bool = False  # x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-NeoX), not one after the other
+    n_kv_head: int = 0  # key/value heads, each shared by n_head // n_kv_head query heads (grouped-query); 0: n_head
+    norm: str = "layernorm"  # or "rmsnorm" (Llama: no mean subtracted, a gain only)
+    norm_eps: float = 1e-5
+    mlp: str = "gelu_tanh"  # "gelu_tanh" (GPT-2's gelu_new), "gelu" (exact: Pythia), "swiglu" (Llama)
+    mlp_hidden: int = 0  # the MLP's inner width; 0: 4 * n_embd
+    tie_embeddings: bool = True  # lm_head is the token embedding (GPT-2); Pythia and larger Llamas have their own
+    qkv_bias: bool = False  # biases on the query/key/value projection even without bias (Qwen2)
 
     def __post_init__(self):
+        self.n_kv_head = self.n_kv_head or self.n_head
+        self.mlp_hidden = self.mlp_hidden or 4 * self.n_embd
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head} (the heads split it)")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
         if not all(isinstance(v, (int, float)) and v > 0 for v in (self.rope_theta, self.rope_scale)):
             raise ValueError(f"rope_theta and rope_scale must be > 0, not {self.rope_theta} and {self.rope_scale}")
+        if self.rope and (not 0 < self.rotary_pct <= 1 or int(self.n_embd // self.n_head * self.rotary_pct) % 2):
+            raise ValueError(f"rotary_pct={self.rotary_pct} must turn an even number of each head's dims")
+        if self.norm not in ("layernorm", "rmsnorm") or self.mlp not in ("gelu_tanh", "gelu", "swiglu"):
+            raise ValueError(f"norm {self.norm!r} or mlp {self.mlp!r} is none of those model.py has")
 
 
 class KVCache:
@@ -49,19 +67,19 @@ class KVCache:
         # Keys and values side by side, so one copy stores both. One spare position: a full cache is
         # then never the whole buffer, which torch.compile would specialize (recompile) on. Zeros, not
         # empty: DecodeStep reads past pos (masked, but a NaN there would still poison 0 * NaN).
-        shape = (batch_size, config.n_head, 2, config.block_size + 1, config.n_embd // config.n_head)
+        shape = (batch_size, config.n_kv_head, 2, config.block_size + 1, config.n_embd // config.n_head)
         self.kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.pos = 0
 
     def update(self, layer, kv):
-        """Store kv (B, nh, 2, T, hs) at pos..pos+T; return all keys and values up to pos+T."""
+        """Store kv (B, n_kv_head, 2, T, hs) at pos..pos+T; return all keys and values up to pos+T."""
         end = self.pos + kv.size(3)
         self.kv[layer][:, :, :, self.pos:end] = kv
         return self.kv[layer][:, :, :, :end]
 
     def write(self, layer, kv, position):
-        """Store one token's kv (B, nh, 2, 1, hs) at position, a (1,) tensor on the device (the fixed
-        shapes of DecodeStep), or a (B,) one: each row at its own position (the server's batch of
+        """Store one token's kv (B, n_kv_head, 2, 1, hs) at position, a (1,) tensor on the device (the
+        fixed shapes of DecodeStep), or a (B,) one: each row at its own position (the server's batch of
         sequences of different lengths); return the whole buffer."""
         if position.numel() == 1:
             return self.kv[layer].index_copy_(3, position, kv)
@@ -137,14 +155,15 @@ class Rotary(nn.Module):
     """Rotary position embeddings (Su et al. 2021, RoFormer; GPT-NeoX's layout): the two halves of
     each query and key turn together by angles proportional to the position, so their dot product
     depends on the distance between the tokens, not on where the window starts. A dialogue seen at
-    any offset then looks the same (the demo's held-out bits/byte at 1,000 steps: 1.593 -> 1.551).
+    any offset then looks the same, and the demo scores markedly better with it (docs/results.md).
     Positions divided by scale (position interpolation, Chen et al. 2023) let a model trained on a
     short window run on a scale times longer one at the angles it knows."""
 
-    def __init__(self, head_size, block_size, base, scale):
+    def __init__(self, dims, block_size, base, scale):
+        """dims: how many of each head's dims turn, the first ones (GPT-NeoX's partial rotary)."""
         super().__init__()
         positions = torch.arange(block_size).float() / scale
-        angles = torch.outer(positions, base ** -(torch.arange(0, head_size, 2) / head_size))
+        angles = torch.outer(positions, base ** -(torch.arange(0, dims, 2) / dims))
         self.register_buffer("cos", angles.cos(), persistent=False)  # computed, not learnt: not in checkpoints
         self.register_buffer("sin", angles.sin(), persistent=False)
 
@@ -152,16 +171,17 @@ class Rotary(nn.Module):
         """x (B, nh, T, hs) at positions: a slice of T, a (1,) or (B,) tensor of one token each, or
         Documents' (B, T)."""
         cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
-        if isinstance(positions, torch.Tensor):  # positions per row: (B, 1, 1 or T, hs / 2)
-            cos, sin = (t.view(positions.size(0), 1, -1, t.size(-1)) for t in (cos, sin))
-        x1, x2 = x.chunk(2, -1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1)
+        if isinstance(positions, torch.Tensor):  # positions per row: (B, 1, 1 or T, rotary dims / 2)
+            cos, sin = (c.view(positions.size(0), 1, -1, c.size(-1)) for c in (cos, sin))
+        half = cos.size(-1)
+        x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), -1)
 
 
 class Dropout(nn.Dropout):
     """nn.Dropout, with the CPU's mask cut from random 64-bit draws, four 16-bit numbers to each:
-    torch's CPU dropout draws a number per element, ~4x the time of this mask (the demo's CPU step
-    is ~5% faster). p is rounded to a multiple of 1/65536. GPUs keep torch's fused kernel."""
+    torch's CPU dropout draws a number per element, several times the cost of this mask (figures in
+    docs/results.md). p is rounded to a multiple of 1/65536. GPUs keep torch's fused kernel."""
 
     def forward(self, x):
         if not (self.training and self.p > 0 and x.is_cpu):
@@ -177,19 +197,22 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v
+        self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, config.n_embd // config.n_head
+        # all queries, then the keys and values of the n_kv_head heads
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * self.head_size,
+                                bias=config.bias or config.qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = Dropout(config.dropout)
-        self.n_head = config.n_head
-        self.rotary = Rotary(config.n_embd // config.n_head, config.block_size, config.rope_theta,
+        rotary_dims = int(self.head_size * config.rotary_pct)
+        self.rotary = Rotary(rotary_dims, config.block_size, config.rope_theta,
                              config.rope_scale) if config.rope else None
 
     def forward(self, x, kv_cache=None, layer=0, position=None, docs=None):
         B, T, C = x.size()
-        # (B, T, 3C) -> (B, nh, 3, T, hs): keys and values stay side by side for the cache
-        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).transpose(1, 3)
-        q, kv = qkv[:, :, 0], qkv[:, :, 1:]
+        q, kv = self.c_attn(x).split((C, 2 * self.n_kv_head * self.head_size), -1)
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        # (B, n_kv_head, 2, T, hs): keys and values stay side by side for the cache
+        kv = kv.view(B, T, 2, self.n_kv_head, self.head_size).transpose(1, 3)
         start = kv_cache.pos if kv_cache is not None and position is None else 0
         if self.rotary is not None:  # the keys turned before they are cached
             at = position if position is not None else docs.positions if docs is not None else slice(start, start + T)
@@ -201,21 +224,23 @@ class CausalSelfAttention(nn.Module):
         elif kv_cache is not None:
             kv = kv_cache.update(layer, kv)
         k, v = kv.unbind(2)
+        if self.n_kv_head < self.n_head:  # each group of query heads reads its key/value head
+            k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, 1) for t in (k, v))
         # From position 0, is_causal is the plain causal mask (and keeps the flash kernel). A single
         # new token may see every cached one. Several new tokens after a cached prefix need the
         # causal mask shifted by the prefix length (is_causal aligns it top-left, which is wrong).
         # T is tested first: a compiled one-token step then never branches on the cache length.
         if T > 1 and start > 0:
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
-        # No dropout on the attention weights (only on the residual stream): its T x T mask per head cost a
-        # quarter of a CPU step and, measured on the demo, bought nothing the extra steps did not beat
+        # No dropout on the attention weights (only on the residual stream): its T x T mask per head costs
+        # a large share of a CPU step, and on the demo the steps it costs are worth more (docs/results.md)
         if docs is not None:  # each document on its own: a block-diagonal causal mask, never built
             y = torch.cat([torch.cat([F.scaled_dot_product_attention(q[b:b + 1, :, s:e], k[b:b + 1, :, s:e],
                                                                      v[b:b + 1, :, s:e], is_causal=True)
                                       for s, e in row], 2) for b, row in enumerate(docs.spans)])
         elif q.is_cpu and q.dtype == torch.bfloat16 and mask is None and 1 < T <= 512:
-            # the CPU's bf16 flash kernel is slower than plain matmuls up to ~512 tokens (1.5x at
-            # 256, 4x at 64: bench/bench_train.py), beyond which the T x T scores cost more
+            # the CPU's bf16 flash kernel is slower than plain matmuls up to ~512 tokens (figures in
+            # docs/results.md), beyond which the T x T scores cost more
             y = causal_attention(q, k, v)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and mask is None)
@@ -235,26 +260,44 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"; needed for exact weight import
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.swiglu = config.mlp == "swiglu"  # silu(gate) * up: c_fc holds the gate's rows, then up's
+        self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * config.mlp_hidden, bias=config.bias)
+        # GPT-2's "gelu_new" is the tanh approximation: the exact one would not reproduce imported weights
+        self.gelu = nn.GELU(approximate="tanh" if config.mlp == "gelu_tanh" else "none")
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, -1)
+            h = F.silu(gate) * up
+        else:
+            h = self.gelu(h)
+        return self.dropout(self.c_proj(h))
+
+
+def norm(config):
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
 class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = norm(config)
         self.mlp = MLP(config)
+        self.parallel_residual = config.parallel_residual
 
     def forward(self, x, kv_cache=None, layer=0, position=None, docs=None):
-        x = x + self.attn(self.ln_1(x), kv_cache, layer, position, docs)
+        attn = self.attn(self.ln_1(x), kv_cache, layer, position, docs)
+        if self.parallel_residual:
+            return x + attn + self.mlp(self.ln_2(x))
+        x = x + attn
         return x + self.mlp(self.ln_2(x))
 
 
@@ -271,10 +314,11 @@ class GPT(nn.Module):
             **({} if config.rope else dict(wpe=nn.Embedding(config.block_size, config.n_embd))),
             drop=Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=norm(config),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2
         # training only: keep each block's input, not its activations, and recompute them in
         # backward (about a third more compute for a fraction of the memory); train.py sets it
         self.activation_checkpointing = False
@@ -294,10 +338,14 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding=True):
-        """Parameter count. The position embeddings are left out by default; the token embeddings
-        stay in because, tied to lm_head, they do the final matmul's work."""
+        """Parameter count. The embeddings (lookups, not matmuls) are left out by default, except the
+        token embeddings tied to lm_head: they do the final matmul's work."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding and not self.config.rope else n
+        if non_embedding and not self.config.rope:
+            n -= self.transformer.wpe.weight.numel()
+        if non_embedding and not self.config.tie_embeddings:
+            n -= self.transformer.wte.weight.numel()
+        return n
 
     def forward(self, idx, targets=None, kv_cache=None, position=None, token_losses=False, eot=None):
         """idx (B, T) token ids. With targets (B, T), -1 = ignored: the mean loss, and in eval mode
@@ -352,7 +400,7 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         if self.config.rope:
             for block in self.transformer.h:
-                block.attn.rotary = Rotary(self.config.n_embd // self.config.n_head, block_size,
+                block.attn.rotary = Rotary(block.attn.rotary.cos.size(-1) * 2, block_size,
                                            self.config.rope_theta, self.config.rope_scale).to(self.lm_head.weight.device)
         else:
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
@@ -438,10 +486,9 @@ class GPT(nn.Module):
         """torch.compile the one-token forward that generate() runs for every new token with the
         cache; prompts stay eager (their lengths vary), the cache length is the one dynamic size.
         Freezing turns the weights into constants, so max-autotune can pick C++ GEMM kernels for
-        these one-row matmuls and bf16 autocast casts the weights once, not every token. On the
-        2-core dev CPU (1 thread): ~1.6x eager for a 4x128 model, 2x for GPT-2 124M in fp32, after
-        a compile of 10-75 s (seconds once inductor's cache is warm). For sampling only: weights
-        changed later are not seen."""
+        these one-row matmuls and bf16 autocast casts the weights once, not every token; the compile
+        takes tens of seconds (seconds once inductor's cache is warm; speeds in docs/results.md). For
+        sampling only: weights changed later are not seen."""
         options = {"freezing": True, "max_autotune": True, "coordinate_descent_tuning": True}  # no CUDA graphs
         self._decode = torch.compile(self.forward, dynamic=True, options=options)
         self._decode_graph = self._decode_step = None
@@ -453,7 +500,7 @@ class GPT(nn.Module):
         have to keep no cast cache). The capture holds the weights' storage: call this after .to()."""
         self._decode_graph, self._decode_step, self._decode = graph, None, None
 
-    # ------------------------------------------------------------------------ checkpoints, GPT-2
+    # ------------------------------------------------------------------------------ checkpoints
 
     @classmethod
     def from_checkpoint(cls, ckpt):
@@ -463,102 +510,6 @@ class GPT(nn.Module):
         state = {k.removeprefix(prefix): v for k, v in ckpt["model"].items()}
         model.load_state_dict(state)
         return model
-
-    # GPT-2 checkpoints (HF layout) store these as Conv1D weights, (in, out): transposed to ours.
-    _conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir, dropout=0.0):
-        """OpenAI's GPT-2 weights: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl' (downloaded from
-        the HF hub), or a local HF GPT-2 folder (config.json + model.safetensors or
-        pytorch_model.bin). transformers is not needed."""
-        path = name_or_dir
-        if not os.path.isdir(path):
-            assert name_or_dir in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"), \
-                f"{name_or_dir} is neither a folder nor a GPT-2 model name"
-            from huggingface_hub import snapshot_download
-            path = snapshot_download(f"openai-community/{name_or_dir}",
-                                     allow_patterns=["config.json", "model.safetensors"])
-        with open(os.path.join(path, "config.json")) as f:
-            hf = json.load(f)
-        config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
-                           n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                           dropout=dropout, bias=True)
-        if os.path.exists(os.path.join(path, "model.safetensors")):
-            from safetensors.torch import load_file
-            hf_state = load_file(os.path.join(path, "model.safetensors"))
-        else:
-            hf_state = torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu",
-                                  weights_only=True)
-        model = cls(config)
-        state = {}
-        for k, v in hf_state.items():
-            # Some files were saved from GPT2Model (no "transformer." prefix); the attention mask
-            # buffers of old transformers versions and the tied lm_head carry no weights of their own.
-            if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
-                continue
-            k = "transformer." + k.removeprefix("transformer.")
-            state[k] = v.t() if k.endswith(cls._conv1d) else v
-        state["lm_head.weight"] = state["transformer.wte.weight"]
-        model.load_state_dict(state)
-        return model
-
-    def export_hf(self, out_dir, eot=None):
-        """Write config.json + model.safetensors that transformers loads: as GPT2LMHeadModel, or with
-        rope as GPTNeoXForCausalLM (GPT-2's blocks in sequence, with rotary positions). eot, when
-        given, becomes the bos/eos token id. Tokenizer files are not written here."""
-        from safetensors.torch import save_file
-        cfg = self.config
-        os.makedirs(out_dir, exist_ok=True)
-        # the lm_head is tied to wte (safetensors refuses shared tensors anyway)
-        state = {k: v.float() for k, v in self.state_dict().items() if k != "lm_head.weight"}
-        if not cfg.bias:  # GPT-2 and GPT-NeoX always have biases: zeros behave the same
-            for name, m in self.named_modules():
-                if isinstance(m, (nn.Linear, nn.LayerNorm)) and name != "lm_head":
-                    state[name + ".bias"] = torch.zeros(m.weight.size(0))
-        if cfg.rope:
-            hf, state = self._neox_layout(state)
-        else:
-            hf = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
-                      n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-                      n_head=cfg.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
-                      resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=0.0,
-                      tie_word_embeddings=True)
-            state = {k: v.t() if k.endswith(self._conv1d) else v for k, v in state.items()}
-        if eot is not None:
-            hf.update(bos_token_id=eot, eos_token_id=eot)
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            json.dump(hf, f, indent=2)
-        state = {k: v.contiguous() for k, v in state.items()}
-        save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-
-    _neox_names = {"transformer.wte": "gpt_neox.embed_in", "transformer.ln_f": "gpt_neox.final_layer_norm",
-                   "transformer.h": "gpt_neox.layers", "ln_1": "input_layernorm", "ln_2": "post_attention_layernorm",
-                   "attn.c_attn": "attention.query_key_value", "attn.c_proj": "attention.dense",
-                   "mlp.c_fc": "mlp.dense_h_to_4h", "mlp.c_proj": "mlp.dense_4h_to_h"}
-
-    def _neox_layout(self, state):
-        """GPT-NeoX's config and names for a rope model's state dict. Its fused projection holds
-        each head's query, key and value together, where ours holds all queries, then keys, values."""
-        cfg = self.config
-        hf = dict(model_type="gpt_neox", architectures=["GPTNeoXForCausalLM"], vocab_size=cfg.vocab_size,
-                  hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
-                  intermediate_size=4 * cfg.n_embd, hidden_act="gelu_new", max_position_embeddings=cfg.block_size,
-                  layer_norm_eps=1e-5, use_parallel_residual=False, tie_word_embeddings=True, attention_bias=True,
-                  hidden_dropout=cfg.dropout, attention_dropout=0.0,
-                  rope_parameters=dict(rope_type="default", rope_theta=cfg.rope_theta, partial_rotary_factor=1.0),
-                  rotary_pct=1.0, rotary_emb_base=cfg.rope_theta)  # the same, as transformers 4 names it
-        if cfg.rope_scale != 1:  # position interpolation is transformers' linear scaling
-            hf["rope_parameters"].update(rope_type="linear", factor=cfg.rope_scale)
-            hf["rope_scaling"] = dict(type="linear", factor=cfg.rope_scale)
-        out = {}
-        for k, v in state.items():
-            if "c_attn" in k:
-                v = v.unflatten(0, (3, cfg.n_head, -1)).transpose(0, 1).flatten(0, 2)
-            for ours, theirs in self._neox_names.items():
-                k = k.replace(ours, theirs)
-            out[k] = v
-        return hf, out
 
 
 def row_blocks(n, vocab_size, is_cpu):
@@ -648,7 +599,7 @@ def sample_next(logits, context, temperature=1.0, top_k=None, top_p=None, repeti
         seen = logits.gather(1, context)
         seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
         logits = logits.scatter(1, context, seen)
-    if temperature == 0:
+    if temperature < 1e-6:  # greedy: a tinier temperature makes logits / temperature overflow to inf
         return logits.argmax(dim=-1)
     candidates = None  # the token ids of logits' columns, once they are the top few, sorted
     if top_k is not None and top_k < logits.size(-1):

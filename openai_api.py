@@ -96,7 +96,7 @@ def read_settings(body, model):
     settings.update(
         max_tokens=min(max_tokens, model.defaults['max_tokens']),
         repetition_penalty=field(body, 'repetition_penalty', model.defaults['repetition_penalty'],
-                                 lambda v: number(v) and v > 0, "a number > 0"),
+                                 lambda v: number(v) and 0.01 <= v <= 100, "a number in [0.01, 100]"),
         presence_penalty=field(body, 'presence_penalty', 0.0, penalty, "a number in [-2, 2]"),
         frequency_penalty=field(body, 'frequency_penalty', 0.0, penalty, "a number in [-2, 2]"),
         logit_bias={int(k): float(b) for k, b in bias.items()},

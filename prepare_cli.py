@@ -5,6 +5,7 @@ and its refusal of runs that keep nothing. Each prepare script only opens its so
 Dialogues or Documents.
 """
 import argparse
+import errno
 import json
 import os
 import sys
@@ -13,14 +14,18 @@ from collections import Counter
 from pathlib import Path
 
 from chat import CONTEXT_LABEL, LABELS, Document, dialogue_pieces
-from dataset import SPLITS, NothingKept, file_identity, is_val, load_meta, recover, split_key, write_dataset
+from dataset import (JOURNAL, SPLITS, NothingKept, file_identity, hold_folder, is_val, load_meta, recover, split_key,
+                     write_dataset)
 from readers import MAX_RECORD_MB, Report, expand_inputs
-from tokenizer import CharTokenizer, load_tokenizer, train_bpe
+from tokenizer import BPE_FILE, CharTokenizer, load_tokenizer, train_bpe
 
 
 class PrepareParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
-        return check_settings(super().parse_args(args, namespace))
+        args = check_settings(super().parse_args(args, namespace))
+        # the script's own flags as given, before it derives others: how it reads its inputs (--append)
+        args.reading = {k: v for k, v in sorted(vars(args).items()) if k not in SHARED_SETTINGS}
+        return args
 
 
 def available_cores():
@@ -42,8 +47,10 @@ def prepare_parser(description):
     p.add_argument("--out_dir", help="output folder (default: this script's folder)")
     p.add_argument("--append", action="store_true", help="add only new inputs to an existing dataset")
     p.add_argument("--tokenizer", help="a tiktoken encoding (default gpt2; cl100k_base, ...), 'char', "
-                   "'bpe:N' to train an N-token byte-level BPE on the inputs (saved as tokenizer.json), or the "
-                   "folder of a prepared dataset to encode with its tokenizer (a test set for a model trained on it)")
+                   "'bpe:N' to train an N-token byte-level BPE on the inputs (saved as tokenizer.json), the "
+                   "folder of a prepared dataset to encode with its tokenizer (a test set for a model trained on it), "
+                   "or a Hugging Face model (a folder with a tokenizer.json, or a name: pythia-160m, SmolLM2-135M, ...) "
+                   "to encode with the model's own tokenizer for fine-tuning it")
     p.add_argument("--val_fraction", type=float, default=0.05, help="share of dialogues for val (by seeded hash), in [0, 1)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the train/val hash split")
     p.add_argument("--workers", type=int, default=min(4, available_cores()),
@@ -65,9 +72,10 @@ def check_settings(args):
         import tiktoken
         names, size = tiktoken.list_encoding_names(), args.tokenizer.removeprefix("bpe:")
         if not (args.tokenizer in ("char", *names) or args.tokenizer.startswith("bpe:") and size.isdigit() and int(size) > 257
-                or (Path(args.tokenizer) / "meta.json").is_file()):
+                or (Path(args.tokenizer) / "meta.json").is_file() or is_model(args.tokenizer)):
             bad("--tokenizer", args.tokenizer, f"a tiktoken encoding ({', '.join(names)}), char, "
-                "bpe:N with N > 257 (256 bytes, eot, merges), e.g. bpe:4096, or a prepared dataset's folder")
+                "bpe:N with N > 257 (256 bytes, eot, merges), e.g. bpe:4096, a prepared dataset's folder, "
+                "or a Hugging Face model's folder (with a tokenizer.json) or name (pythia-160m, ...)")
     if args.workers < 1:
         bad("--workers", args.workers, "at least 1")
     if not args.max_record_mb > 0:
@@ -86,9 +94,22 @@ def check_settings(args):
     return args
 
 
+def is_model(name):
+    """A Hugging Face model's folder (a tokenizer.json and no meta.json), or a name hf.py downloads."""
+    if (Path(name) / BPE_FILE).is_file():
+        return not (Path(name) / "meta.json").is_file()
+    import hf  # torch comes with it: only for a name nothing else matched
+    return name in hf.HUB
+
+
 def item_texts(item):
     """The texts an item renders to after its eot: what a char alphabet or a BPE is learnt from."""
     return [item.text] if isinstance(item, Document) else [text for text, _ in dialogue_pieces(item.turns, item.context)]
+
+
+SHARED_SETTINGS = {"inputs", "out_dir", "append", "tokenizer", "val_fraction", "seed", "workers", "strict", "max_record_mb"}
+DATASET_FILES = ("meta.json", JOURNAL, BPE_FILE, *(f"{s}.{ext}" for s in SPLITS for ext in ("bin", "roles")))
+WRITE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # a disk full or read-only
 
 
 def prepare(args, read_items, script_file, patterns=("*",)):
@@ -96,24 +117,37 @@ def prepare(args, read_items, script_file, patterns=("*",)):
     that was killed, resolve inputs, skip those already in the dataset (--append), build the
     tokenizer, stream read_items(paths, report) into shards and print a summary."""
     out_dir = Path(args.out_dir or Path(script_file).resolve().parent)
+    with hold_folder(out_dir):  # one run writes into a folder at a time
+        return build(args, out_dir, read_items, script_file, patterns)
+
+
+def build(args, out_dir, read_items, script_file, patterns):
+    """prepare's work, in out_dir, which it holds."""
     recover(out_dir)
     max_record = int(args.max_record_mb * 2**20)
     report = Report(strict=args.strict, max_record=max_record)
-    paths = expand_inputs(args.inputs, patterns)
+    own = {out_dir.resolve() / name for name in DATASET_FILES}  # an input folder may be out_dir itself
+    paths = [p for p in expand_inputs(args.inputs, patterns) if Path(p).resolve() not in own]
     if not paths:
         sys.exit(f"error: no input files in {' '.join(args.inputs)} (looking for {' '.join(patterns)})")
-    inputs = [file_identity(p) for p in paths]
+    reading = args.reading
+    inputs = [{**file_identity(p), "reading": reading} for p in paths]
     exists = (out_dir / "meta.json").exists()
     old = load_meta(out_dir) if args.append and exists else None
     if exists and not args.append:
-        n = len(json.loads((out_dir / "meta.json").read_text())["inputs"])
-        print(f"replacing the dataset in {out_dir}, made from {n} input{'s' * (n != 1)}, with one made from "
-              f"these {len(paths)} (--append adds to it instead)")
+        try:
+            n = len(json.loads((out_dir / "meta.json").read_text())["inputs"])
+            made = f", made from {n} input{'s' * (n != 1)},"
+        except (ValueError, KeyError, TypeError):  # a damaged meta.json: the run that replaces it
+            made = " (its meta.json is damaged)"
+        print(f"replacing the dataset in {out_dir}{made} with one made from these {len(paths)} (--append adds to it "
+              f"instead)")
     if old:
-        seen = {(i["name"], i["size"], i["hash"]) for i in old["inputs"]}
-        fresh = [(p, i) for p, i in zip(paths, inputs) if (i["name"], i["size"], i["hash"]) not in seen]
+        # the same bytes read with other flags (another field, another speaker) are other data
+        seen = {(i["name"], i["size"], i["hash"], json.dumps(i.get("reading", reading))) for i in old["inputs"]}
+        fresh = [(p, i) for p, i in zip(paths, inputs) if (i["name"], i["size"], i["hash"], json.dumps(reading)) not in seen]
         for p in set(paths) - {p for p, _ in fresh}:
-            print(f"skipping {p}: already in {out_dir}")
+            print(f"skipping {p}: already in {out_dir}, read with the same flags")
         paths, inputs = [p for p, _ in fresh], [i for _, i in fresh]
         if not paths:
             print("nothing new to add")
@@ -135,6 +169,9 @@ def prepare(args, read_items, script_file, patterns=("*",)):
         tok = train_bpe(texts, int(args.tokenizer[len("bpe:"):]), args.tokenizer)
     elif args.tokenizer and (Path(args.tokenizer) / "meta.json").is_file():  # the same ids as that dataset's
         tok = load_tokenizer(load_meta(args.tokenizer))
+    elif args.tokenizer and is_model(args.tokenizer):  # a model's own ids, to fine-tune it
+        import hf
+        tok = hf.tokenizer(args.tokenizer)
     else:
         tok = load_tokenizer(args.tokenizer or "gpt2")
     try:
@@ -142,6 +179,13 @@ def prepare(args, read_items, script_file, patterns=("*",)):
                                       seed=args.seed, val_fraction=args.val_fraction, workers=args.workers)
     except NothingKept:
         sys.exit(nothing_kept(report, paths, script_file, out_dir if exists else None))
+    except OSError as e:
+        if e.filename and not str(e.filename).startswith(str(out_dir)) or e.errno not in WRITE_ERRORS:
+            raise  # not a write into out_dir: the reader's own error
+        kept = ("the --append is half done: once there is room, rerun the same command, which first undoes it"
+                if (out_dir / JOURNAL).exists() else
+                f"{out_dir} is as it was" if exists else "nothing was kept")
+        sys.exit(f"error: cannot write the dataset in {out_dir}: {e.strerror}; {kept}")
     print_summary(out_dir, meta, report, seconds)
     warn_if_thin(meta, old, report, args.val_fraction)
     return meta

@@ -16,6 +16,7 @@ import torch
 
 import chat
 import checkpoint
+import hf
 from machine import DTYPES, autocast, choose
 from model import GPT
 from tokenizer import load_tokenizer
@@ -71,7 +72,8 @@ for problem in (sampling_problem(temperature, top_k, top_p),
                 f"serve_queue must be at least 1, not {serve_queue}" if serve_queue < 1 else None,
                 f"serve_timeout must be > 0, not {serve_timeout}" if not serve_timeout > 0 else None,
                 f"serve_deadline must be > 0, not {serve_deadline}" if not serve_deadline > 0 else None,
-                f"repetition_penalty must be > 0, not {repetition_penalty}" if not repetition_penalty > 0 else None):
+                f"repetition_penalty must be in [0.01, 100], not {repetition_penalty}"
+                if not 0.01 <= repetition_penalty <= 100 else None):
     if problem:
         sys.exit(problem)
 device, device_type, dtype = choose(device, dtype, generating=True)
@@ -81,14 +83,15 @@ ctx = autocast(device_type, dtype)
 
 if init_from == 'resume' or init_from.endswith('.pt'):
     try:
-        ckpt = checkpoint.load(init_from if init_from.endswith('.pt') else os.path.join(out_dir, 'ckpt.pt'), device)
+        ckpt = checkpoint.load(init_from if init_from.endswith('.pt') else os.path.join(out_dir, 'ckpt.pt'), device,
+                               keys=('model_args', 'model', 'meta'))
     except (FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     model = GPT.from_checkpoint(ckpt)
     tok = load_tokenizer(ckpt['meta'])
-else:  # OpenAI's GPT-2 or a local Hugging Face GPT-2 folder
-    model = GPT.from_pretrained(init_from)
-    tok = load_tokenizer('gpt2')
+else:  # a Hugging Face model (hf.py): a folder or a hub name, and its own tokenizer
+    model = hf.pretrained(init_from)
+    tok = hf.tokenizer(init_from)
 model.eval().to(device)
 if device_type == 'cuda':  # the weights cast once, not by autocast for every token, and each token one graph replay
     model.to(DTYPES[dtype])
@@ -100,7 +103,12 @@ block_size = model.config.block_size
 
 
 def from_file(text):
-    return open(text[5:], encoding='utf-8').read() if text.startswith('FILE:') else text
+    if not text.startswith('FILE:'):
+        return text
+    try:
+        return open(text[5:], encoding='utf-8').read()
+    except OSError as e:
+        sys.exit(f"error: cannot read {text[5:]}: {e.strerror}")
 
 
 def sample_tokens(prompt, n, temperature, top_k, top_p, max_tokens, generator):

@@ -12,6 +12,7 @@ import json
 import queue
 import random
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -494,7 +495,10 @@ class Handler(BaseHTTPRequestHandler):
 
 def run(model, host, port, **options):
     """Serve until interrupted; the first line printed names the addresses."""
-    server = ChatServer((host, port), model, **options)
+    try:
+        server = ChatServer((host, port), model, **options)
+    except (OSError, OverflowError) as e:  # the port is taken, or the port or host is no address here
+        sys.exit(f"error: cannot serve on {host}:{port}: {getattr(e, 'strerror', None) or e}")
     url = f"http://{host}:{server.server_port}"
     print(f"serving the chat page on {url}/, the OpenAI API on {url}/v1 and POST {url}/chat", flush=True)
     if host not in LOOPBACK and not options.get('api_key'):

@@ -1,7 +1,8 @@
 """
 The tokenizers: one small interface (name, vocab_size, eot, encode, encode_batch, encode_array,
-decode, spec) over tiktoken's encodings, a char alphabet and a byte-level BPE trained on a
-dataset. A literal <|endoftext|> in user text is always encoded as text, never as the eot.
+decode, spec) over tiktoken's encodings, a char alphabet, a byte-level BPE trained on a dataset
+and a model's own tokenizer.json (a Hugging Face folder's). A literal <|endoftext|> (or any other
+special token) in user text is always encoded as text, never as the eot.
 """
 import hashlib
 import json
@@ -41,6 +42,7 @@ class TiktokenTokenizer:
 # the GPT-2 pre-tokenizer split, which HF's ByteLevel pre-tokenizer also uses
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 BPE_FILE = "tokenizer.json"
+FILE_KINDS = ("bpe", "hf")  # tokenizers kept as a tokenizer.json beside the shards (spec: path, hash)
 
 
 def bytelevel_alphabet():
@@ -106,6 +108,52 @@ def train_bpe(texts, vocab_size, name):
                          "json": text})
 
 
+class HFTokenizer:
+    """A model's own tokenizer.json (Pythia's, SmolLM2's, Qwen2's), run by HF tokenizers, so the
+    data gets the model's ids. Its eot is the model's end-of-text token. Stored beside the shards
+    as a trained BPE is (file_text, spec path and hash)."""
+
+    def __init__(self, spec):
+        from tokenizers import Tokenizer
+        self.file_text = spec.get("json") or read_bpe_file(spec)
+        self.tok = Tokenizer.from_str(self.file_text)
+        self.tok.encode_special_tokens = True  # "<|endoftext|>" typed by a user stays text
+        ends = [t for t in (EOT_TEXT, "</s>", "<|end_of_text|>") if self.tok.token_to_id(t) is not None]
+        if not ends:
+            raise ValueError(f"tokenizer {spec['name']} has no end-of-text token ({EOT_TEXT}, </s>, <|end_of_text|>)")
+        self.name, self.vocab_size, self.eot = spec["name"], self.tok.get_vocab_size(), self.tok.token_to_id(ends[0])
+        self.spec = tokenizer_key(spec)
+
+    def encode(self, text):
+        return self.tok.encode(text, add_special_tokens=False).ids  # no BOS or template added
+
+    def encode_batch(self, texts):
+        return [self.encode(t) for t in texts]
+
+    def encode_array(self, text):
+        return np.array(self.encode(text), dtype=np.uint32)
+
+    def decode(self, ids):
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def token_bytes(self):
+        """A byte-level token's length is its character count (one stand-in character per byte)."""
+        byte = bytelevel_alphabet()
+        sizes = []
+        for i in range(self.vocab_size):
+            token = self.tok.id_to_token(i) or ""
+            sizes.append(0 if i == self.eot else len(token) if all(c in byte for c in token)
+                         else len(self.decode([i]).encode("utf-8")))
+        return sizes
+
+
+def model_tokenizer(folder, name=None):
+    """The HFTokenizer of a model folder's tokenizer.json; name (default: the folder's) identifies it."""
+    text = (Path(folder) / BPE_FILE).read_text(encoding="utf-8")
+    return HFTokenizer({"kind": "hf", "name": name or Path(folder).name, "path": BPE_FILE,
+                        "hash": content_hash([text.encode()]), "json": text})
+
+
 class CharTokenizer:
     """One id per character of a fixed alphabet; eot is the id after the last character."""
 
@@ -149,6 +197,8 @@ def load_tokenizer(spec):
         return CharTokenizer(spec["alphabet"])
     if spec["kind"] == "bpe":
         return BPETokenizer(spec)
+    if spec["kind"] == "hf":
+        return HFTokenizer(spec)
     raise ValueError(f"unknown tokenizer kind {spec['kind']!r}")
 
 

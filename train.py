@@ -8,9 +8,8 @@ Exact resume: every batch, and its dropout masks, come from (seed, iteration, mi
 the batches the run would have drawn (on CPU in float32: bit-identical to a run that never stopped).
 SIGTERM (preemption) and Ctrl-C finish the step, save and exit; rerun with --init_from=auto.
 
-One process (CPU, one GPU, a Mac):
+One process (CPU, one GPU, a Mac), then DDP over the 4 GPUs of one node:
 $ python train.py config/train_chat_demo.py --batch_size=32
-DDP over the 4 GPUs of one node:
 $ torchrun --standalone --nproc_per_node=4 train.py config/finetune_chat.py
 Two nodes of 8 GPUs: run on each (node_rank 0 on the master; NCCL_IB_DISABLE=1 without InfiniBand)
 $ torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py ...
@@ -34,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import chat
 import checkpoint
+import hf
 from dataset import open_datasets
 from eval import response_selection, sample_reply, split_dialogues
 from machine import (Budget, Schedule, StopRequest, autocast, choose, duration, inject_faults, join_torchrun,
@@ -54,7 +54,7 @@ eval_hits = 0  # > 0: every this many evals, hits@1/20 on the first dataset's va
 always_save_checkpoint = True  # else only when the val loss improves
 # 'scratch'; 'resume' (out_dir/ckpt.pt: weights, optimizer, iteration); 'auto' (resume if out_dir/ckpt.pt
 # exists, else scratch; 'auto:<init>' else that init); the path of one of our .pt files (its weights,
-# a fresh optimizer, schedule and iteration count: pretrain -> finetune); 'gpt2'...'gpt2-xl' or a HF GPT-2 folder
+# a fresh optimizer, schedule and iteration count: pretrain -> finetune); a HF folder or hub name (hf.py)
 init_from = 'scratch'
 keep_last = 2  # ckpt_<iter>.pt copies kept beside ckpt.pt (hard links: the newest costs no disk)
 keep_every_hours = 0.0  # also keep one ckpt_<iter>.pt per this many hours for good (0 = off)
@@ -122,9 +122,10 @@ try:
     GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout, **rope_args)
 except ValueError as e:
     sys.exit(str(e))
-for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters', 'max_nan_steps'):
-    if globals()[k] < 1:
-        sys.exit(f"{k} must be at least 1, not {globals()[k]}")
+for k in ('learning_rate', 'batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters',
+          'max_nan_steps'):
+    if not globals()[k] > 0:
+        sys.exit(f"{k} must be {'> 0' if k == 'learning_rate' else 'at least 1'}, not {globals()[k]}")
 if not 0 <= lr_warmdown <= 1:
     sys.exit(f"lr_warmdown is a share of the steps after warmup, in [0, 1], not {lr_warmdown}")
 if train_on not in ('all', 'B', 'replies'):
@@ -133,6 +134,7 @@ if fsdp and ('RANK' not in os.environ or dtype == 'float16' or muon):
     sys.exit("fsdp shards over the ranks of a torchrun launch (--nproc_per_node=1 is one), in bfloat16 or float32, with AdamW")
 if not 0 <= token_noise < 1:
     sys.exit(f"token_noise is a share of the input tokens, in [0, 1), not {token_noise}")
+init_from = checkpoint.resolve_init(init_from, out_dir)  # 'auto': rerunning the same command continues the run
 faults = read_faults()  # tests only (machine.py): a kill, SIGTERM, NaN loss or slow step at a given iteration
 # -----------------------------------------------------------------------------
 
@@ -160,7 +162,7 @@ def finish(code=0, message=None):
     sys.exit(code)
 
 
-os.makedirs(out_dir, exist_ok=True)  # by every rank: harmless, and none waits on another
+run_lock = checkpoint.hold(out_dir, master)  # a second run on out_dir stops here
 tune_process(device_type)
 ctx = autocast(device_type, dtype)
 
@@ -192,8 +194,6 @@ def get_batch(split, step, micro, source=None):
 user_config = {k: globals()[k] for k in config_keys}  # before a checkpoint's architecture overrides it
 iter_num, best_val_loss, ckpt, budget_pending = 0, float('inf'), None, max_minutes > 0
 torch.manual_seed(seed)  # the same initial weights on every rank
-if init_from.startswith('auto'):  # rerunning the same command continues the run
-    init_from = 'resume' if os.path.exists(os.path.join(out_dir, 'ckpt.pt')) else init_from[5:] or 'scratch'
 resume = init_from == 'resume'
 if resume or os.path.isfile(init_from):  # one of our checkpoints
     ckpt_path = os.path.join(out_dir, 'ckpt.pt') if resume else init_from
@@ -206,8 +206,8 @@ elif init_from == 'scratch':
     vocab_size = math.ceil(meta['vocab_size'] / 64) * 64  # padded for faster matmuls; extra ids never occur
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
                           n_embd=n_embd, dropout=dropout, bias=bias, rope=rope, **rope_args), zero_proj=zero_proj)
-else:  # OpenAI's GPT-2 weights
-    model = GPT.from_pretrained(init_from, dropout=dropout)
+else:  # a Hugging Face model: GPT-2, GPT-NeoX (Pythia), Llama-family (hf.py)
+    model = hf.pretrained(init_from, dropout, master, datasets[0])
 if not resume:  # a new run: the weights fit our block_size (a rope model's window may grow: context extension)
     if block_size > model.config.block_size and not model.config.rope:
         sys.exit(f"block_size {block_size} is larger than {init_from}'s {model.config.block_size}")

@@ -7,11 +7,14 @@ machine slows them alike; the median step after warmup is reported, its ratio to
 and the best step. --compile adds torch.compile'd variants (a cold compile: minutes on 2 cores).
 Then what activation checkpointing (train.py --activation_checkpointing) costs in time and saves
 in memory: the bytes autograd keeps for backward, counted with saved_tensors_hooks (device-free).
-Prints, never asserts.
-$ python bench/bench_train.py [--compile]
+Then a Pythia-shaped and a Llama-shaped model of the demo's size, built by transformers and loaded
+with hf.py: ms per forward + backward on the same batch, ours against transformers' (--models:
+these rows only). Prints, never asserts.
+$ python bench/bench_train.py [--compile] [--models]
 (nanoGPT's own train.py on the 2-core dev CPU: (a) 45.8 ms/iter, (b) 2,814 ms/iter in fp32)
 """
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hf
 from machine import keep_freed_memory
 from model import GPT, GPTConfig
 
@@ -92,10 +96,49 @@ def saved_for_backward(shape, batch_size, checkpointing):
     return sum(seen.values())
 
 
+def backward_step(model, loss):
+    def step():
+        loss().backward()
+        model.zero_grad(set_to_none=True)
+    return step
+
+
+def family_rows(batch_size=16, warmup=3, timed=12):
+    """Forward + backward of the demo's size (4 x 128, block 128, a 4096-id BPE) with GPT-NeoX's and
+    Llama's blocks: transformers' model and ours loaded from its folder, on the same batch, fp32."""
+    import transformers
+    shape = dict(vocab_size=4096, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                 max_position_embeddings=128)
+    families = {
+        "Pythia-shaped (parallel residual, rotary on 1/4, untied)": transformers.GPTNeoXConfig(
+            **shape, intermediate_size=512, rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False),
+        "Llama-shaped (RMSNorm, SwiGLU, 2 kv heads, tied)": transformers.LlamaConfig(
+            **shape, intermediate_size=344, num_key_value_heads=2, tie_word_embeddings=True),
+    }
+    x = torch.randint(4096, (batch_size, 128))
+    y = torch.roll(x, -1, dims=1)
+    for name, config in families.items():
+        torch.manual_seed(0)
+        theirs = transformers.AutoModelForCausalLM.from_config(config).train()
+        with tempfile.TemporaryDirectory() as folder:
+            theirs.save_pretrained(folder)
+            ours = hf.load(folder).train()
+        times = bench({"transformers": backward_step(theirs, lambda: theirs(input_ids=x, labels=x).loss),
+                       "ours": backward_step(ours, lambda: ours(x, y)[1])}, warmup, timed)
+        base = times["transformers"][timed // 2]
+        print(f"{name}, batch {batch_size}, float32 forward + backward:")
+        for v, t in times.items():
+            print(f"  {v:<28} {t[timed // 2] * 1000:7.1f} ms/iter (best {t[0] * 1000:.1f}), "
+                  f"{base / t[timed // 2]:.2f}x", flush=True)
+
+
 if __name__ == "__main__":
     compile = "--compile" in sys.argv
     keep_freed_memory()  # as train.py does on CPU
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    if "--models" in sys.argv:
+        family_rows()
+        sys.exit()
     variants = [("nanoGPT recipe, float32", torch.float32, True, False),
                 ("ours, float32", torch.float32, False, False),
                 ("ours, bfloat16", torch.bfloat16, False, False)]
@@ -118,3 +161,4 @@ if __name__ == "__main__":
         mb = saved_for_backward(shape, batch_size, checkpointing) / 2**20
         print(f"{name}, batch {batch_size}, float32, activation_checkpointing={checkpointing}: "
               f"{t[1] * 1000:7.1f} ms/iter (best {t[0] * 1000:.1f}), {mb:.0f} MiB kept for backward", flush=True)
+    family_rows()

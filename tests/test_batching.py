@@ -14,12 +14,16 @@ from model import GPT, GPTConfig, KVCache
 from test_sample import DIALOGUE, overfit  # noqa: F401 (a fixture)
 
 
-@pytest.mark.parametrize("rope", [False, True])
-def test_a_position_per_row_matches_each_row_alone(rope):
+@pytest.mark.parametrize("blocks", [
+    dict(rope=False), dict(rope=True),
+    dict(rope=True, rotary_pct=0.5, parallel_residual=True, mlp="gelu", tie_embeddings=False),  # GPT-NeoX's
+    dict(rope=True, n_kv_head=1, norm="rmsnorm", mlp="swiglu", bias=False),  # Llama's, one key/value head
+], ids=["gpt2", "rope", "gpt_neox", "llama_gqa"])
+def test_a_position_per_row_matches_each_row_alone(blocks):
     """Rows prefilled to different lengths, then one step with a position each: the logits each row
     gets without a cache, from its whole sequence."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=32, rope=rope)).eval()
+    model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=32, **blocks)).eval()
     prompts = [torch.randint(0, 50, (n,)).tolist() for n in (3, 11, 7)]
     nexts = [5, 17, 42]
     cache = KVCache(model.config, len(prompts))

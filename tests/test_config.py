@@ -61,6 +61,8 @@ def test_missing_or_broken_config_file(monkeypatch, tmp_path):
     cfg = tmp_path / "cfg.py"
     cfg.write_text("batch_size = 8\nlearning_rate = = 1\n")
     assert error(monkeypatch, str(cfg)).startswith(f"{cfg}:2: ")  # the file and line, not <string>
+    cfg.write_text("batch_size = 8\n\ndef f():\n    return 1 / 0\n\nlearning_rate = f()\n")
+    assert error(monkeypatch, str(cfg)) == f"{cfg}:4: ZeroDivisionError: division by zero"  # where it raised
 
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in (ROOT / "config").glob("*.py")))

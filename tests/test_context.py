@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import hf as hf_module
 import model as model_module
 import passkey
 from conftest import ROOT, assert_close_logits
@@ -157,7 +158,7 @@ def test_extended_rope_exports_as_linear_rope_scaling(tmp_path):
     transformers = pytest.importorskip("transformers", reason="transformers not installed (HF parity tests)")
     ours = tiny(block_size=16, vocab_size=97, rope_scale=4.0, rope_theta=500.0)
     ours.set_block_size(64)
-    ours.export_hf(tmp_path)
+    hf_module.save(ours, tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     idx = torch.randint(0, 97, (2, 64))
     with torch.no_grad():

@@ -33,7 +33,7 @@ def run_all(*runs):
     """Prepare runs at once, each (command, fault phase or None) and each on its own out_dir ->
     CompletedProcess-like results, in order."""
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "NANOTALK_FAULT": f"prepare:{fault}" if fault else ""})
+                              env={**os.environ, "NANOTALK_FAULT": f"kill:prepare-{fault}" if fault else ""})
              for cmd, fault in runs]
     return [subprocess.CompletedProcess(p.args, p.wait(), *p.communicate()) for p in procs]
 

@@ -392,69 +392,6 @@ def test_set_block_size():
         model(torch.zeros(1, 17, dtype=torch.long))
 
 
-# --------------------------------------------------------------------- GPT-2 / HF interop
-
-transformers = pytest.importorskip("transformers", reason="transformers not installed (HF parity tests)")
-
-
-def hf_tiny():
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4)
-    hf = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # random biases and LayerNorm gains too, so every weight is checked
-        for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return hf
-
-
-def hf_logits(hf, idx):
-    with torch.no_grad():
-        return hf(idx).logits
-
-
-def test_from_pretrained_safetensors_matches_transformers(tmp_path):
-    hf = hf_tiny()
-    hf.save_pretrained(tmp_path)
-    ours = GPT.from_pretrained(str(tmp_path)).eval()
-    assert ours.config.block_size == 32 and ours.config.vocab_size == 97
-    idx = torch.randint(0, 97, (2, 32))
-    assert_close_logits(ours(idx, idx)[0], hf_logits(hf, idx))
-
-
-def test_from_pretrained_bin_without_prefix(tmp_path):
-    """pytorch_model.bin saved from GPT2Model: keys without "transformer.", no lm_head."""
-    hf = hf_tiny()
-    hf.config.save_pretrained(tmp_path)
-    state = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items() if k != "lm_head.weight"}
-    torch.save(state, tmp_path / "pytorch_model.bin")
-    ours = GPT.from_pretrained(str(tmp_path)).eval()
-    idx = torch.randint(0, 97, (1, 20))
-    assert_close_logits(ours(idx, idx)[0], hf_logits(hf, idx))
-
-
-@pytest.mark.parametrize("bias", [True, False])
-def test_export_hf_loads_in_transformers(tmp_path, bias):
-    ours = tiny(block_size=32, vocab_size=97, bias=bias)
-    ours.export_hf(tmp_path, eot=96)
-    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
-    assert hf.config.eos_token_id == 96
-    idx = torch.randint(0, 97, (2, 32))
-    assert_close_logits(hf_logits(hf, idx), ours(idx, idx)[0])
-    again = GPT.from_pretrained(str(tmp_path)).eval()  # and back (zero biases where ours had none)
-    assert_close_logits(again(idx, idx)[0], ours(idx, idx)[0])
-
-
-@pytest.mark.parametrize("bias", [True, False])
-def test_rope_exports_as_gpt_neox(tmp_path, bias):
-    """transformers' own rotary attention (GPT-NeoX) computes what ours does, from our weights."""
-    ours = tiny(block_size=32, vocab_size=97, bias=bias, rope=True)
-    ours.export_hf(tmp_path, eot=96)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert type(hf).__name__ == "GPTNeoXForCausalLM" and hf.config.eos_token_id == 96
-    idx = torch.randint(0, 97, (2, 32))
-    assert_close_logits(hf_logits(hf, idx), ours(idx, idx)[0])
-
-
 def test_padded_vocab_ids_are_never_drawn():
     """A vocab padded to a multiple of 64 has ids no tokenizer can decode: generate never draws them."""
     model, idx = tiny(vocab_size=64), torch.randint(0, 50, (2, 4))

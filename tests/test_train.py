@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 import chat
+import hf
 import machine
 import tokenizer
 from model import GPT, GPTConfig
@@ -425,12 +427,13 @@ def test_init_from_a_local_gpt2_folder(runs):
     """init_from=<HF GPT-2 folder>: its architecture and weights, cropped to block_size, a fresh start."""
     tmp, _ = runs
     torch.manual_seed(0)
-    GPT(GPTConfig(block_size=64, vocab_size=40, n_layer=1, n_head=2, n_embd=16)).export_hf(tmp / "hf")
+    hf.save(GPT(GPTConfig(block_size=64, vocab_size=40, n_layer=1, n_head=2, n_embd=16)), tmp / "hf")
     train(tmp, tmp / "ft", f"--init_from={tmp / 'hf'}", "--max_iters=2")
     ckpt = load(tmp / "ft" / "ckpt.pt")
     assert ckpt["iter_num"] == 2
-    assert ckpt["model_args"] == dict(block_size=32, vocab_size=40, n_layer=1, n_head=2, n_embd=16,
-                                      dropout=0.0, bias=True, rope=False, rope_theta=10000.0, rope_scale=1.0)
+    # GPT-2's blocks: the fields of the other families at their defaults
+    assert ckpt["model_args"] == asdict(GPTConfig(block_size=32, vocab_size=40, n_layer=1, n_head=2, n_embd=16,
+                                                  dropout=0.0, bias=True, rope=False))
     assert ckpt["config"]["n_embd"] == 16 and ckpt["config"]["n_layer"] == 1  # what was trained
 
 
@@ -469,6 +472,7 @@ def test_training_and_chat_need_no_zstandard_or_requests(runs, tmp_path):
     ("--n_layer=-2", "n_layer must be at least 1, not -2"),
     ("--n_head=3", "n_embd=32 must be a multiple of n_head=3"),
     ("--batch_size=0", "batch_size must be at least 1, not 0"),
+    ("--learning_rate=-1", "learning_rate must be > 0, not -1.0"),
     ("--device=cdua", "device 'cdua' is not a device"),
     ("--dropout=1.5", "dropout must be in [0, 1)"),
     ("--muon=True --fsdp=True", "with AdamW"),

@@ -1,6 +1,6 @@
 """export.py: a checkpoint -> a Hugging Face GPT-2 folder (GPT-NeoX for a rope model) that
-transformers loads, whose logits, greedy generations and tokenizer match ours, and that model.py
-imports back unchanged (GPT-2)."""
+transformers loads, whose logits, greedy generations and tokenizer match ours, and that hf.py
+imports back unchanged."""
 import subprocess
 import sys
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import chat
+import hf
 import tokenizer
 from conftest import ROOT, assert_close_logits, assert_same_greedy, generate_with_logits
 from model import GPT, GPTConfig
@@ -34,22 +35,20 @@ def export_and_compare(tmp_path, tok, ours):
     subprocess.run([sys.executable, "export.py", f"--init_from={tmp_path / 'ckpt.pt'}", f"--to={tmp_path / 'hf'}"],
                    cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     text = "A: Hello there, how are you today?\n\n\nB: Fine, thanks! And you?"
     assert hf_tok.encode(text) == tok.encode(text) and hf_tok.decode(tok.encode(text)) == text
     prompt = chat.reply_prompt(tok, ["Hello there, how are you today?"])
-    assert hf_tok.eos_token_id == tok.eot == hf.config.eos_token_id
+    assert hf_tok.eos_token_id == tok.eot == theirs.config.eos_token_id
     x = torch.tensor([prompt])
     with torch.no_grad():
-        assert_close_logits(hf(x).logits, ours(x, x)[0])
-        theirs = hf.generate(x, max_new_tokens=16, do_sample=False, pad_token_id=tok.eot,
-                             return_dict_in_generate=True, output_logits=True)
+        assert_close_logits(theirs(x).logits, ours(x, x)[0])
+        out = theirs.generate(x, max_new_tokens=16, do_sample=False, pad_token_id=tok.eot,
+                              return_dict_in_generate=True, output_logits=True)
     # greedy: the same tokens while the pick is clear of a near-tie (rounding may break one either way)
-    theirs = theirs.sequences[:, len(prompt):], torch.stack(theirs.logits, dim=1)
-    assert_same_greedy(generate_with_logits(ours, x, 16, temperature=0), theirs, min_steps=8)
-    if ours.config.rope:
-        return
-    again = GPT.from_pretrained(str(tmp_path / "hf"))  # and back
+    greedy = out.sequences[:, len(prompt):], torch.stack(out.logits, dim=1)
+    assert_same_greedy(generate_with_logits(ours, x, 16, temperature=0), greedy, min_steps=8)
+    again = hf.load(str(tmp_path / "hf"))  # and back
     for k, v in ours.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
 

@@ -23,6 +23,7 @@ from readers import download, read_lines
 
 URL = "http://yanran.li/files/ijcnlp_dailydialog.zip"
 RAW = Path(__file__).resolve().parent / "raw"
+PATTERNS = ("dialogues_t*.txt", "dialogues_validation.txt")  # a folder's dialogue files, not dialogues_act_* or _emotion_*
 SPLITS = ("train", "validation")  # 11,118 + 1,000 dialogues, each a zip inside the zip; not "test"
 
 
@@ -57,4 +58,4 @@ def read_dialogues(paths, report):
 if __name__ == "__main__":
     args = prepare_parser(__doc__).parse_args()
     args.inputs = args.inputs or [fetch()]
-    prepare(args, read_dialogues, __file__)
+    prepare(args, read_dialogues, __file__, PATTERNS)

@@ -24,19 +24,20 @@ A dialogue is
   - a transcript "\n\nHuman: ...\n\nAssistant: ..." in the field --transcript_key names (HH-RLHF).
 Keys are dotted paths into nested objects (--text_key data.utterance). Speakers: user, human,
 customer -> A; assistant, gpt, bot, agent, model, ai -> B; system, developer -> the context
-block, with a "context" or "persona" field (a string or a list of lines; --context_key); tool,
-function, ipython -> a Context: turn where it falls (--drop_tool_turns drops them). --speaker
-NAME=ROLE,... names the others (ROLE: user, assistant, system, tool or drop); a speaker of no
-known role stops the run.
+block, with a "context" or "persona" field (--context_key: a string, an object as one line of
+'key: value, ...', or a list of them, a line each); tool, function, ipython -> a Context: turn
+where it falls (--drop_tool_turns drops them). --speaker NAME=ROLE,... names the others (ROLE:
+user, assistant, system, tool or drop); a speaker of no known role stops the run.
 Consecutive turns of one speaker are joined; the model's turns before the user's first are dropped.
 """
 import functools
+import json
 import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from chat import CONTEXT_LABEL, LABELS
+from chat import CONTEXT_LABEL, LABELS, SEPARATOR
 from prepare_cli import prepare, prepare_parser
 from readers import group_rows, lookup, make_dialogue, read_csv, read_json, read_jsonl, read_parquet
 
@@ -99,11 +100,21 @@ def transcript(text):
     return list(zip(parts[0::2], parts[1::2]))
 
 
+def context_line(value):
+    """One element of a context field as a line of the context block: a string as it is; an object
+    (a KVRET knowledge-base row, a scenario) as compact 'key: value, key: value'; a number or
+    bool as written. Anything else stays as it is, and make_dialogue reports its type."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
+                         for k, v in value.items() if v not in (None, "", [], {}))
+    return str(value) if isinstance(value, (int, float)) else value
+
+
 def parse(record, args):
     """A record -> ((speaker, text) pairs, context lines); ValueError if it is no dialogue."""
     head = record[0] if args.group_by else record  # a dialogue of rows: the first row has its fields
     context = first(head, args.context_keys) if isinstance(head, dict) else None
-    context = [] if context is None else context if isinstance(context, list) else [context]
+    context = [] if context is None else [context_line(c) for c in (context if isinstance(context, list) else [context])]
     if args.transcript_key:
         return transcript(lookup(record, args.transcript_key)), context
     if isinstance(record, dict):
@@ -182,9 +193,11 @@ def read_dialogues(paths, report, args):
                 continue
             if (pairs := labelled(turns, context, args, report, where)) is None:
                 continue
-            if all(isinstance(c, str) for c in context):  # if not, make_dialogue reports it
-                context = "\n".join(c.strip() for c in context)
-            if dialogue := make_dialogue(pairs, report, where, context=context or None):
+            odd = [c for c in context if not isinstance(c, str)]  # make_dialogue reports the first's type
+            context = odd[0] if odd else "\n".join(c.strip() for c in context)
+            # a transcript's chosen and rejected versions share all but the last turn: one split for both
+            key = SEPARATOR.join(text for _, text in turns[:-1]) if args.transcript_key else None
+            if dialogue := make_dialogue(pairs, report, where, context=context or None, key=key):
                 yield dialogue
 
 

@@ -57,6 +57,7 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from chat import Dialogue, normalize
+from dataset import hold_folder, in_use
 from prepare_cli import prepare, prepare_parser
 from readers import JSON_ERRORS, download, expand_inputs, json_problem, line_chunks, parse_json, read_lines, zstd_chunks
 from workers import parallel_map
@@ -68,6 +69,8 @@ TEMP_FRACTION = 0.3                 # bucket files / raw JSON: 0.04-0.19 measure
 BUCKET_BYTES = 128 << 20            # raw JSON per bucket: pass 2 holds one bucket's threads in memory
 BUFFER_BYTES = 32 << 20             # pass 1 buffers this much before compressing into bucket files
 DELETED = ("[deleted]", "[removed]")
+TMP_PREFIX = ".reddit-tmp-"         # the temporary bucket folders, removed by the run or the next one
+RUN_FLAGS = ("download", "sha256", "buckets", "tmp_dir", "keep_threads")  # how a run goes, not what it reads
 STORE_INFO = "buckets.json"         # beside a --keep_threads store: its bucket count and --shard
 
 QUOTE = re.compile(r"^[ \t]*>.*$", re.M)
@@ -493,6 +496,18 @@ def read_dialogues(paths, report, args, tmp_root, bucket_count=None, store_in=No
         (store_out / STORE_INFO).write_text(json.dumps({"buckets": len(buckets), "shard": args.shard}))
 
 
+def remove_killed_runs_buckets(folder):
+    """Remove the temporary bucket folders a killed run left in folder (gigabytes with a real dump),
+    saying how much went; a living run's are left alone."""
+    stale = [d for d in folder.glob(TMP_PREFIX + "*") if d.is_dir() and not in_use(d)]
+    if stale:
+        size = sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())
+        for d in stale:
+            shutil.rmtree(d, ignore_errors=True)
+        print(f"removed {len(stale)} temporary folder{'s' * (len(stale) > 1)} of killed runs from {folder}: "
+              f"{size / 1e6:,.1f} MB")
+
+
 def main(argv=None):
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still removes the temp files
@@ -501,7 +516,8 @@ def main(argv=None):
     if not args.inputs and not (RAW.is_dir() and expand_inputs([str(RAW)], PATTERNS)):
         sys.exit(no_dumps_help())
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = hold_folder(out_dir)  # before its thread store or temp files are touched
+    remove_killed_runs_buckets(Path(args.tmp_dir or out_dir))
     store = out_dir / "threads"
     store_in = store if args.append and (store / STORE_INFO).exists() else None
     store_out = out_dir / "threads.new" if args.keep_threads or store_in else None
@@ -514,14 +530,16 @@ def main(argv=None):
     if store_out:
         shutil.rmtree(store_out, ignore_errors=True)  # left by an interrupted run
         store_out.mkdir()
-    tmp_root = tempfile.mkdtemp(prefix=".reddit-tmp-", dir=args.tmp_dir or out_dir)
+    tmp_root = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=args.tmp_dir or out_dir)
+    tmp_lock = hold_folder(tmp_root)  # a run beside this one (one --tmp_dir, two out_dirs) leaves it be
     read = functools.partial(read_dialogues, args=args, tmp_root=tmp_root, bucket_count=bucket_count,
                              store_in=store_in, store_out=store_out)
     # tokens are encoded in this process: parsing is the bottleneck, and no second pool of chat's
     # is then forked beside ours (fork beside another pool's threads risks deadlocks)
     try:
-        meta = prepare(argparse.Namespace(**{**vars(args), "inputs": args.inputs or [str(RAW)], "workers": 1}),
-                       read, __file__, PATTERNS)
+        reading = {k: v for k, v in args.reading.items() if k not in RUN_FLAGS}  # what --append tells inputs apart by
+        meta = prepare(argparse.Namespace(**{**vars(args), "reading": reading, "inputs": args.inputs or [str(RAW)],
+                                             "workers": 1}), read, __file__, PATTERNS)
         if store_out and (store_out / STORE_INFO).exists():  # this run's threads, for the next --append
             shutil.rmtree(store, ignore_errors=True)
             os.replace(store_out, store)
@@ -532,6 +550,8 @@ def main(argv=None):
         shutil.rmtree(tmp_root, ignore_errors=True)
         if store_out:
             shutil.rmtree(store_out, ignore_errors=True)
+        tmp_lock.close()
+        lock.close()
 
 
 if __name__ == "__main__":

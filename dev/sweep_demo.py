@@ -8,7 +8,11 @@ weights or DailyDialog alone.
 Prints a table, never asserts. Each candidate takes the budget plus ~20 s; --jobs 2 runs two at once
 on one thread each (fewer steps each, but side by side: the same machine weather for both).
 
-$ python bench/sweep_demo.py --minutes 4 [--dtype float32] [--jobs 2] [--only NAME ...]
+$ python dev/sweep_demo.py --minutes 4 [--dtype float32] [--jobs 2] [--only NAME ...]
+Fixed steps instead of a budget (the same result on a fast or a slow machine), e.g. with another seed:
+$ python dev/sweep_demo.py --minutes 0 --jobs 2 --set=--max_iters=1600 --set=--lr_decay_iters=1600 \
+      --set=--seed=2 --only "the config (bpe4k, muon, the mixture)" "the config, GPT-2's init of the projections"
+A research tool (docs/results.md: the demo's sweep), not a benchmark.
 """
 import argparse
 import json
@@ -23,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DIALOGUES = SHARED / "data" / "dailydialog" / "dialogues_validation.txt"
-ADAMW_DD = ["--muon=False", "--dataset=dailydialog_demo"]  # the older candidates: AdamW on DailyDialog alone
+ADAMW_DD = ["--muon=False", "--dataset=dailydialog_demo"]  # AdamW on DailyDialog alone
 
 
 def mixture(shakespeare=0.0):
@@ -34,7 +38,7 @@ def mixture(shakespeare=0.0):
     return "--dataset=" + ",".join(parts + ([f"shakespeare_demo:{shakespeare}"] if shakespeare else []))
 
 
-PREVIOUS_MIX = mixture()  # before shakespeare joined the mixture
+NO_SHAKESPEARE = mixture()
 
 # name: (tokenizer, train.py overrides); a --dataset override names the datasets as the config does
 CANDIDATES = {
@@ -44,7 +48,7 @@ CANDIDATES = {
     "bpe2k 6x192": ("bpe:2048", ADAMW_DD + ["--n_layer=6", "--n_head=6", "--n_embd=192", "--batch_size=32"]),
     "bpe4k 4x128": ("bpe:4096", ADAMW_DD),
     "gpt2 4x128": ("gpt2", ADAMW_DD),
-    "adamw, dailydialog alone, bpe8k (the previous config)": ("bpe:8192", ADAMW_DD),
+    "adamw, dailydialog alone, bpe8k": ("bpe:8192", ADAMW_DD),
     "the config (bpe4k, muon, the mixture)": ("bpe:4096", []),
     "the config, bpe8k": ("bpe:8192", []),
     "the config, bpe2k": ("bpe:2048", []),
@@ -70,7 +74,7 @@ CANDIDATES = {
     "the config, evals every 400 on 4 batches": ("bpe:4096", ["--eval_interval=400", "--eval_iters=4"]),
     "the config, evals every 400 on 4 batches, dropout 0.05": ("bpe:4096", ["--eval_interval=400", "--eval_iters=4",
                                                                            "--dropout=0.05"]),
-    "the config, the cosine to 4e-4 (before lr_warmdown)": ("bpe:4096", ["--lr_warmdown=0", "--min_lr=4e-4"]),
+    "the config, the cosine to 4e-4": ("bpe:4096", ["--lr_warmdown=0", "--min_lr=4e-4"]),
     "the config, lr_warmdown 0.2": ("bpe:4096", ["--lr_warmdown=0.2"]),
     "the config, lr_warmdown 0.3": ("bpe:4096", ["--lr_warmdown=0.3"]),
     "the config, lr_warmdown 0.5": ("bpe:4096", ["--lr_warmdown=0.5"]),
@@ -81,7 +85,7 @@ CANDIDATES = {
     "the config, dropout 0.075": ("bpe:4096", ["--dropout=0.075"]),
     "the config, no taskmaster": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.1,reddit_demo:0.1,"
                                                "webtext_demo:0.1"]),
-    "the previous config (dropout 0.125, no token_noise)": ("bpe:4096", ["--dropout=0.125", "--token_noise=0"]),
+    "dropout 0.125, no token_noise": ("bpe:4096", ["--dropout=0.125", "--token_noise=0"]),
     "dropout 0.125, token_noise 0.025": ("bpe:4096", ["--dropout=0.125", "--token_noise=0.025"]),
     "dropout 0.125, token_noise 0.05": ("bpe:4096", ["--dropout=0.125", "--token_noise=0.05"]),
     "dropout 0.125, token_noise 0.075": ("bpe:4096", ["--dropout=0.125", "--token_noise=0.075"]),
@@ -91,10 +95,10 @@ CANDIDATES = {
     "the config, taskmaster 0.025": ("bpe:4096", ["--dataset=dailydialog_demo:0.7,chatterbot_demo:0.0917,"
                                                   "reddit_demo:0.0917,webtext_demo:0.0917,taskmaster_demo:0.025"]),
     **{f"shakespeare {share}": ("bpe:4096", [mixture(share)]) for share in (0.05, 0.1, 0.15)},
-    "no shakespeare (the previous mixture)": ("bpe:4096", [PREVIOUS_MIX]),
-    "the previous mixture, 5 layers": ("bpe:4096", [PREVIOUS_MIX, "--n_layer=5"]),
-    "the previous mixture, n_embd 160, 5 heads": ("bpe:4096", [PREVIOUS_MIX, "--n_embd=160", "--n_head=5"]),
-    "the previous config (GPT-2's init of the projections)": ("bpe:4096", ["--zero_proj=False"]),
+    "no shakespeare": ("bpe:4096", [NO_SHAKESPEARE]),
+    "no shakespeare, 5 layers": ("bpe:4096", [NO_SHAKESPEARE, "--n_layer=5"]),
+    "no shakespeare, n_embd 160, 5 heads": ("bpe:4096", [NO_SHAKESPEARE, "--n_embd=160", "--n_head=5"]),
+    "the config, GPT-2's init of the projections": ("bpe:4096", ["--zero_proj=False"]),
 }
 
 
