@@ -12,7 +12,7 @@ never end early: every request generates max_tokens. Prints, never asserts; on a
 numbers move with the load (the load average is printed).
 
     $ python bench/bench_serve.py
-    $ python bench/bench_serve.py --before=/work/main --clients=16
+    $ git worktree add ../before HEAD~10 && python bench/bench_serve.py --before=../before --clients=16
 """
 import json
 import os
@@ -35,7 +35,7 @@ init_from = ''        # a checkpoint; '' = the demo's shape, untrained
 clients = '1,4,16,64'
 requests = 64         # per N: each client sends max(2, requests // N) one after another
 max_tokens = 32
-before = ''           # other trees whose sample.py --serve to time too, comma-separated (e.g. /work/main)
+before = ''           # other trees whose sample.py --serve to time too, comma-separated (e.g. ../before)
 threads = 2           # the server's torch threads
 exec(open(os.path.join(ROOT, 'configurator.py')).read())
 
