@@ -95,9 +95,12 @@ def check_settings(args):
 
 
 def is_model(name):
-    """A Hugging Face model's folder (a tokenizer.json and no meta.json), or a name hf.py downloads."""
+    """A Hugging Face model's folder (a tokenizer.json and no meta.json), or a name hf.py downloads.
+    GPT-2's names are not: their tokenizer is tiktoken's gpt2, which needs no download."""
     if (Path(name) / BPE_FILE).is_file():
         return not (Path(name) / "meta.json").is_file()
+    if name.startswith("gpt2"):
+        return False
     import hf  # torch comes with it: only for a name nothing else matched
     return name in hf.HUB
 
