@@ -74,7 +74,7 @@ def read_settings(body, model):
     """A request's settings for its Sequences (the server's where a field is absent or null), each
     refused with a 400 naming it when it cannot be used."""
     settings = {key: model.defaults[key] if body.get(key) is None else body[key]
-                for key in ('temperature', 'top_k', 'top_p')}
+                for key in ('temperature', 'top_k', 'top_p', 'repetition_penalty')}
     problem = model.sampling_problem(**settings)
     if problem:
         raise Refusal(400, problem, problem.split()[0])
@@ -95,8 +95,6 @@ def read_settings(body, model):
         raise Refusal(400, f"best_of must equal n ({n}): choices are not ranked here", 'best_of')
     settings.update(
         max_tokens=min(max_tokens, model.defaults['max_tokens']),
-        repetition_penalty=field(body, 'repetition_penalty', model.defaults['repetition_penalty'],
-                                 lambda v: number(v) and 0.01 <= v <= 100, "a number in [0.01, 100]"),
         presence_penalty=field(body, 'presence_penalty', 0.0, penalty, "a number in [-2, 2]"),
         frequency_penalty=field(body, 'frequency_penalty', 0.0, penalty, "a number in [-2, 2]"),
         logit_bias={int(k): float(b) for k, b in bias.items()},

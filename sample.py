@@ -51,7 +51,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 
 
 
-def sampling_problem(temperature, top_k, top_p):
+def sampling_problem(temperature, top_k, top_p, repetition_penalty=1.0):
     """Why sampling settings cannot be used, in one line, or None: the one check for the command
     line, the chat's /commands and HTTP requests alike."""
     number = (int, float)
@@ -62,18 +62,19 @@ def sampling_problem(temperature, top_k, top_p):
         return f"top_k must be a whole number >= 0 (0 = off), not {top_k!r}"
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, number) or not 0 < top_p <= 1):
         return f"top_p must be a number in (0, 1] (1 = off), not {top_p!r}"
+    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, number) \
+            or not 0.01 <= repetition_penalty <= 100:  # beyond, a logit divided by it can overflow
+        return f"repetition_penalty must be in [0.01, 100], not {repetition_penalty!r}"
     return None
 
 
-for problem in (sampling_problem(temperature, top_k, top_p),
+for problem in (sampling_problem(temperature, top_k, top_p, repetition_penalty),
                 f"num_samples must be at least 1, not {num_samples}" if num_samples < 1 else None,
                 f"max_new_tokens must be at least 1, not {max_new_tokens}" if max_new_tokens < 1 else None,
                 f"serve_batch must be at least 1, not {serve_batch}" if serve_batch < 1 else None,
                 f"serve_queue must be at least 1, not {serve_queue}" if serve_queue < 1 else None,
                 f"serve_timeout must be > 0, not {serve_timeout}" if not serve_timeout > 0 else None,
-                f"serve_deadline must be > 0, not {serve_deadline}" if not serve_deadline > 0 else None,
-                f"repetition_penalty must be in [0.01, 100], not {repetition_penalty}"
-                if not 0.01 <= repetition_penalty <= 100 else None):
+                f"serve_deadline must be > 0, not {serve_deadline}" if not serve_deadline > 0 else None):
     if problem:
         sys.exit(problem)
 device, device_type, dtype = choose(device, dtype, generating=True)

@@ -41,7 +41,7 @@ class Model:
     tok: object                 # chat's tokenizer
     block_size: int
     batcher: object             # batching.Batcher: submit(Sequence)
-    sampling_problem: Callable  # (temperature, top_k, top_p) -> why they cannot be used, or None
+    sampling_problem: Callable  # (temperature, top_k, top_p, repetition_penalty) -> why they cannot be used, or None
     defaults: dict              # temperature, top_k, top_p, repetition_penalty, context, and max_tokens: the most a reply gets
     seed: int = 1337            # draws the seeds of requests that bring none
 
