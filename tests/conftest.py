@@ -21,6 +21,15 @@ def shared_file(*parts):
     return path
 
 
+def dailydialog_halves(tmp_path, n):
+    """Two files of n real DailyDialog dialogues each (a.txt, b.txt): inputs for prepare runs."""
+    lines = shared_file("dailydialog", "dialogues_validation.txt").read_text().splitlines(keepends=True)
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("".join(lines[:n]))
+    b.write_text("".join(lines[n:2 * n]))
+    return a, b
+
+
 @pytest.fixture
 def tiktoken_vocab():
     """tiktoken's vocab files (GPT-2, cl100k, ...) from ../shared, or skip: tests never download."""

@@ -22,7 +22,7 @@ import merge
 import prepare_cli
 import readers
 import tokenizer
-from conftest import ROOT, shared_file
+from conftest import ROOT, dailydialog_halves
 
 
 def command(name, *args):
@@ -59,11 +59,7 @@ def trainable(folder):
 
 @pytest.fixture
 def halves(tmp_path):
-    lines = shared_file("dailydialog", "dialogues_validation.txt").read_text().splitlines(keepends=True)
-    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
-    a.write_text("".join(lines[:250]))
-    b.write_text("".join(lines[250:500]))
-    return a, b
+    return dailydialog_halves(tmp_path, 250)
 
 
 # ----------------------------------------------------------------------------- killed and failed runs

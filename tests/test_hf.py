@@ -222,6 +222,17 @@ def test_export_refuses_blocks_no_transformers_architecture_has(tmp_path):
 
 
 @pytest.mark.parametrize("folder", ["pythia", "llama_gqa_untied"], indirect=True)  # tying: GPT-2's tests
+def chat_then_export(*sample_args, out_dir, to):
+    """sample.py --interactive answers 'hello' with the given model, then export.py writes out_dir's
+    checkpoint as a Hugging Face folder at to."""
+    chat = subprocess.run([sys.executable, "sample.py", *sample_args, "--interactive", "--device=cpu",
+                           "--dtype=float32", "--temperature=0"],
+                          cwd=ROOT, input="hello\n", capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 0 and chat.stdout.startswith("A: hello\nB:"), chat.stdout + chat.stderr
+    subprocess.run([sys.executable, "export.py", f"--out_dir={out_dir}", f"--to={to}"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=120)
+
+
 def test_finetune_resume_sample_and_export(folder, tmp_path):
     """train.py init_from=<folder> keeps the family's fields in its checkpoints; a run SIGKILLed
     after step 5 resumes to the same weights bit for bit; sample.py chats with the checkpoint and
@@ -236,12 +247,8 @@ def test_finetune_resume_sample_and_export(folder, tmp_path):
     train(data, tmp_path / "killed", f"--init_from={path}", "--max_iters=8", "--init_from=resume")
     assert_same_weights(ckpt, load(tmp_path / "killed" / "ckpt.pt"))
 
-    chat = subprocess.run([sys.executable, "sample.py", f"--out_dir={tmp_path / 'full'}", "--interactive",
-                           "--device=cpu", "--dtype=float32", "--temperature=0", "--max_new_tokens=20"],
-                          cwd=ROOT, input="hello\n", capture_output=True, text=True, timeout=120)
-    assert chat.returncode == 0 and chat.stdout.startswith("A: hello\nB:"), chat.stdout + chat.stderr
-    subprocess.run([sys.executable, "export.py", f"--out_dir={tmp_path / 'full'}", f"--to={tmp_path / 'hf'}"],
-                   cwd=ROOT, check=True, capture_output=True, timeout=120)
+    chat_then_export(f"--out_dir={tmp_path / 'full'}", "--max_new_tokens=20", out_dir=tmp_path / "full",
+                     to=tmp_path / "hf")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     ours = GPT.from_checkpoint(ckpt).eval()
     idx = torch.randint(0, 34, (2, 32))
@@ -297,12 +304,8 @@ def test_a_models_tokenizer_json_encodes_the_data_and_must_match_it(tmp_path):
     p = train(tmp_path / "chars", tmp_path / "refused", "--init_from=pythia-16m", check=False)  # a typo: no download
     assert p.returncode != 0 and "Traceback" not in p.stderr and "pythia-160m" in p.stderr, p.stderr
 
-    chat = subprocess.run([sys.executable, "sample.py", f"--init_from={tmp_path / 'pythia'}", "--interactive",
-                           "--device=cpu", "--dtype=float32", "--temperature=0", "--max_new_tokens=8"],
-                          cwd=ROOT, input="hello\n", capture_output=True, text=True, timeout=120)
-    assert chat.returncode == 0 and chat.stdout.startswith("A: hello\nB:"), chat.stdout + chat.stderr
-    subprocess.run([sys.executable, "export.py", f"--out_dir={tmp_path / 'out'}", f"--to={tmp_path / 'hf'}"],
-                   cwd=ROOT, check=True, capture_output=True, timeout=120)
+    chat_then_export(f"--init_from={tmp_path / 'pythia'}", "--max_new_tokens=8", out_dir=tmp_path / "out",
+                     to=tmp_path / "hf")
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = "A: Hello there, how are you today?\n\n\nB: Fine, thanks!"
     assert theirs.encode(text) == tok.encode(text) and theirs.eos_token_id == 0

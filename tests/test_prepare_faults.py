@@ -13,7 +13,7 @@ import pytest
 
 import chat
 import dataset
-from conftest import ROOT, shared_file
+from conftest import ROOT, dailydialog_halves, shared_file
 
 
 def load_script(name):
@@ -51,11 +51,7 @@ def files(folder):
 
 @pytest.fixture
 def halves(tmp_path):
-    lines = shared_file("dailydialog", "dialogues_validation.txt").read_text().splitlines(keepends=True)
-    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
-    a.write_text("".join(lines[:150]))
-    b.write_text("".join(lines[150:300]))
-    return a, b
+    return dailydialog_halves(tmp_path, 150)
 
 
 def hold(folder):
