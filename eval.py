@@ -22,7 +22,9 @@ every candidate alike comes out at chance, 1/N.
 
 --passkey: instead, for each distance (in tokens between the key and the question), the share of
 passkey_trials dialogues whose 5-digit key the model's greedy answer repeats exactly, and of its
-digits in place. The answer is read among the tokens that spell digits: chance is 10% a digit.
+digits in place. The prompt ends where the key's digits begin in B's reply as the tokenizer encodes
+it (a char tokenizer's space before the key included), and the answer is read among the tokens
+that spell digits: chance is 10% a digit.
 """
 import math
 import os
@@ -187,7 +189,7 @@ def passkey_scores(model, tok, distance, trials=20, seed=1337, ctx=nullcontext()
     for _ in range(trials):
         key = probe.new_key(rng)
         turns = probe.dialogue(key, probe.filler(rng, distance, lambda text: len(tok.encode(text))))
-        x = torch.tensor([chat.reply_prompt(tok, turns[:-1]) + tok.encode(' ' + probe.ANSWER)], device=device)
+        x = torch.tensor([chat.reply_prompt(tok, turns[:-1]) + probe.answer_prompt(tok, key)], device=device)
         if x.size(1) + len(key) > model.config.block_size:
             return None
         answer = ''

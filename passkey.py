@@ -35,6 +35,16 @@ def filler(rng, distance, length=len):
     return turns
 
 
+def answer_prompt(tok, key):
+    """B's answer as the tokenizer encodes it, up to the first token with a digit: the model reads
+    these, then answers. The space before the key is its own token for a char tokenizer ("is", " ",
+    then digits) and glued to the number in GPT-2's (" is", " 582"), so it ends the prompt only where
+    training text has it there."""
+    ids = tok.encode(f" {ANSWER} {key}.")
+    first = next(i for i in range(len(ids)) if re.search("[0-9]", tok.decode(ids[:i + 1])))
+    return ids[:first]
+
+
 def digit_tokens(tok, vocab_size):
     """The ids that spell only digits (after an optional space): the answer is read among these,
     so a model that has not learnt the format still answers a number (chance: 10% a digit)."""

@@ -153,6 +153,45 @@ def test_passkey_of_a_random_model_is_chance(tmp_path):
     assert scores[1000] is None
 
 
+class PasskeyOracle(GPT):
+    """Answers as a model that has learnt the passkey dialogues would: its logits pick the token
+    that training text has next in B's reply ("The pass key is <the key stated earlier>."), as the
+    tokenizer encodes it. It reads the ids fed through each new KV cache as one history."""
+
+    def __init__(self, tok, block_size):
+        super().__init__(GPTConfig(block_size=block_size, vocab_size=tok.vocab_size, n_layer=1, n_head=1, n_embd=8))
+        self.tok, self.cache, self.history = tok, None, []
+
+    def forward(self, idx, targets=None, kv_cache=None, **_):
+        if kv_cache is not self.cache:
+            self.cache, self.history = kv_cache, []
+        self.history += idx[0].tolist()
+        text = self.tok.decode(self.history)
+        key = re.search(r"The pass key is (\d{5})\. Remember it\.", text)[1]
+        label = self.tok.encode("B:")
+        start = max(i for i in range(len(self.history)) if self.history[i:i + len(label)] == label) + len(label)
+        reply = self.tok.encode(f" {passkey.ANSWER} {key}.")
+        assert self.history[start:] == reply[:len(self.history) - start], "the prompt is not how training text reads"
+        logits = torch.zeros(1, idx.size(1), self.config.vocab_size)
+        logits[0, -1, reply[len(self.history) - start]] = 1
+        return logits, None
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+def test_passkey_of_a_model_that_answers_right_is_exact(tokenizer, request):
+    """A model that repeats the key as training text has it scores 100% exact at every distance that
+    fits, whatever the tokenizer: a char tokenizer's space before the key is its own token (the
+    prompt must end with it, or a digit would be forced where training text has a space), GPT-2's
+    is glued to the number."""
+    import eval as eval_module
+    tok = (CharTokenizer("".join(passkey.dialogue("0123456789", passkey.FILLER)) + "AB: \n")
+           if tokenizer == "char" else request.getfixturevalue("gpt2"))
+    oracle = PasskeyOracle(tok, block_size=600)
+    for distance in (0, 50, 300):
+        assert eval_module.passkey_scores(oracle, tok, distance, trials=5) == (1.0, 1.0)
+    assert eval_module.passkey_scores(oracle, tok, 1000, trials=5) is None
+
+
 def test_extended_rope_exports_as_linear_rope_scaling(tmp_path):
     """transformers' GPT-NeoX with linear rope scaling and our base computes what the extended model does."""
     transformers = pytest.importorskip("transformers", reason="transformers not installed (HF parity tests)")
