@@ -81,6 +81,25 @@ def test_one_prepare_per_out_dir(tmp_path, halves):
     assert "wrote" in ok(prepare("dailydialog", b, "--out_dir", out, "--append")).stdout  # a killed holder holds nothing
 
 
+def test_one_merge_per_out_dir(tmp_path, halves):
+    """merge.py into a folder another run holds stops at once, naming the holder, and writes nothing."""
+    a = tmp_path / "a"
+    ok(prepare("dailydialog", halves[0], "--out_dir", a, "--tokenizer", "char"))
+    out = tmp_path / "merged"
+    merge = [sys.executable, "merge.py", str(out), str(a)]
+    ok(subprocess.run(merge, cwd=ROOT, capture_output=True, text=True, timeout=120))
+    before = files(out)
+    holder = hold(out)
+    try:
+        p = subprocess.run(merge + [str(a)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        one_line_error(p, f"error: {out} is in use by another run (pid {holder.pid})")
+        assert files(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "2 datasets" in ok(subprocess.run(merge + [str(a)], cwd=ROOT, capture_output=True, text=True, timeout=120)).stdout
+
+
 def test_an_input_folder_that_is_the_out_dir_is_read_without_the_dataset(tmp_path, halves):
     folder = tmp_path / "chats"
     folder.mkdir()
