@@ -112,6 +112,23 @@ def test_an_input_folder_that_is_the_out_dir_is_read_without_the_dataset(tmp_pat
     assert [i["name"] for i in dataset.load_meta(folder)["inputs"]] == ["chats.json"]
 
 
+def test_a_reddit_folder_that_is_the_out_dir_is_read_without_the_runs_own_files(tmp_path):
+    """The thread store (--keep_threads) and the temporary bucket folders of a run whose input
+    folder is its out_dir are no input of the next run."""
+    reddit = load_script("reddit")
+    folder = tmp_path / "reddit"
+    folder.mkdir()
+    (folder / "RC_2005-12.zst").write_bytes(shared_file("reddit", "RC_2005-12.zst").read_bytes())
+
+    def run(*flags):
+        return reddit.main([str(folder), "--out_dir", str(folder), "--workers", "1", "--keep_threads", *flags])
+    first = run("--tokenizer", "char")
+    assert list((folder / "threads").glob("*.zst"))  # a store, in the input folder
+    assert run("--append") == first  # nothing new
+    assert run("--tokenizer", "char")["counts"] == first["counts"]
+    assert [i["name"] for i in dataset.load_meta(folder)["inputs"]] == ["RC_2005-12.zst"]
+
+
 @pytest.mark.parametrize("damage", ['{"format', "{}"])
 def test_a_damaged_meta_json_is_named_and_a_plain_run_replaces_it(tmp_path, halves, damage):
     a, b = halves
