@@ -232,6 +232,29 @@ def test_context_key_takes_an_object_or_a_list_of_them(tmp_path):
         assert f"{chat.CONTEXT_LABEL}: {context}{chat.SEPARATOR}A: where is a gas station?" in text, text
 
 
+def test_a_field_left_unread_is_named_and_a_bad_contexts_real_type(tmp_path, capsys):
+    """KVRET read without --context_key: the summary says its knowledge base was not read and how to
+    keep it; a context that is not text (a system turn's object) is bad input naming its type."""
+    record = {"dialogue": [{"turn": "driver", "data": {"utterance": "where is a gas station?"}},
+                           {"turn": "assistant", "data": {"utterance": "Valero is 4 miles away."}}],
+              "scenario": {"kb": {"items": [{"poi": "Valero", "distance": "4 miles"}]}}, "uuid": "x1"}
+    src = tmp_path / "kvret.json"
+    src.write_text(json.dumps([record, record]))
+    kvret = ["--turns_key", "dialogue", "--speaker_key", "turn", "--text_key", "data.utterance", "--speaker", "driver=user"]
+
+    def run(path, *flags):
+        jsonl.main([str(path), "--out_dir", str(tmp_path / "out"), "--workers", "1", "--tokenizer", "char",
+                    "--val_fraction", "0", *flags])
+        return capsys.readouterr()
+    assert "  not read: field scenario (--context_key scenario makes it the context block): 2\n" in run(src, *kvret).out
+    assert "not read" not in run(src, *kvret, "--context_key", "scenario.kb.items").out
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "system", "content": {"tone": "brief"}},
+                                              {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+                     + "\n" + json.dumps(["hello", "hi there"]) + "\n")
+    assert f"warning: {chats}:1: context is not a string: dict\n" in run(chats).err
+
+
 def test_a_dailydialog_folder_is_read_for_its_dialogue_files_only(tmp_path):
     folder = shared_file("dailydialog", "dialogues_validation.txt").parent  # beside it: act and emotion labels
     p = ok(prepare("dailydialog", folder, "--out_dir", tmp_path / "out", "--tokenizer", "char"))
