@@ -136,8 +136,8 @@ def test_a_damaged_meta_json_is_named_and_a_plain_run_replaces_it(tmp_path, halv
     ok(prepare("dailydialog", a, "--out_dir", out, "--tokenizer", "char"))
     (out / "meta.json").write_text(damage)
     for p in (prepare("dailydialog", b, "--out_dir", out, "--append"),
-              subprocess.run([sys.executable, "train.py", f"--dataset={out}", "--device=cpu"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)):
+              *(subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                for command in (["train.py", f"--dataset={out}", "--device=cpu"], ["merge.py", tmp_path / "m", out]))):
         line = one_line_error(p, f"error: {out / 'meta.json'} is damaged (")
         assert line.endswith("prepare the dataset again (a prepare run without --append replaces it), "
                              "or into another --out_dir")
