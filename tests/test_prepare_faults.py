@@ -1,8 +1,9 @@
-"""Nothing lost in prepare: one run per out_dir, an input folder that is also the out_dir, a damaged
-meta.json, a full or read-only disk, a killed Reddit run's bucket folders; and data read as the user
-meant it: --append tells inputs apart by their bytes and the flags that read them, an HH-RLHF
-chosen/rejected pair lands in one split, --context_key takes objects and lists, DailyDialog's
-folder is read for its dialogue files only."""
+"""Nothing lost in prepare: one run per out_dir (a merge's too), an input folder that is also the
+out_dir (Reddit's thread store in it too), a damaged meta.json, a full or read-only disk, a killed
+Reddit run's bucket folders; and data read as the user meant it: --append tells inputs apart by
+their bytes and the flags that read them, an HH-RLHF chosen/rejected pair lands in one split,
+--context_key takes objects and lists and a field left unread is named, DailyDialog's folder is
+read for its dialogue files only."""
 import importlib.util
 import json
 import os
