@@ -130,7 +130,8 @@ def build(args, out_dir, read_items, script_file, patterns, own):
     recover(out_dir)
     max_record = int(args.max_record_mb * 2**20)
     report = Report(strict=args.strict, max_record=max_record)
-    own = {Path(p).resolve() for p in (*(out_dir / name for name in DATASET_FILES), *own)}  # an input folder may be out_dir
+    # an input folder may be out_dir itself: the dataset's files and the script's own are no input
+    own = {Path(p).resolve() for p in (*(out_dir / name for name in DATASET_FILES), *own)}
     paths = [p for p in expand_inputs(args.inputs, patterns) if own.isdisjoint(resolved_and_parents(p))]
     if not paths:
         sys.exit(f"error: no input files in {' '.join(args.inputs)} (looking for {' '.join(patterns)})")
