@@ -14,8 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 from chat import CONTEXT_LABEL, LABELS, Document, dialogue_pieces
-from dataset import (JOURNAL, SPLITS, NothingKept, file_identity, hold_folder, is_val, load_meta, recover, split_key,
-                     write_dataset)
+from dataset import (JOURNAL, SPLITS, NothingKept, file_identity, hold_folder, is_val, load_meta, reached, recover,
+                     split_key, write_dataset)
 from readers import MAX_RECORD_MB, Report, expand_inputs
 from tokenizer import BPE_FILE, CharTokenizer, load_tokenizer, train_bpe
 
@@ -85,6 +85,7 @@ def check_settings(args):
         while not folder.exists():
             folder = folder.parent
         try:
+            reached("out_dir")
             tempfile.TemporaryFile(dir=folder).close()
         except OSError as e:
             bad("--out_dir", args.out_dir, f"a folder this process can write in ({folder}: {e.strerror})")

@@ -170,6 +170,13 @@ def test_a_full_or_read_only_disk_in_prepare_is_one_line(tmp_path, halves, fault
     assert files(out) == files(ref)
 
 
+def test_a_read_only_out_dir_stops_prepare_before_any_work(tmp_path, halves):
+    out = tmp_path / "out"
+    p = prepare("dailydialog", halves[0], "--out_dir", out, "--tokenizer", "char", fault="EROFS:out_dir")
+    one_line_error(p, f"error: --out_dir {out}: want a folder this process can write in ({tmp_path}: Read-only file system)")
+    assert not out.exists()
+
+
 def test_a_killed_reddit_runs_bucket_folders_are_removed_by_the_next(tmp_path, capsys):
     reddit = load_script("reddit")
     out = tmp_path / "out"
