@@ -1,6 +1,7 @@
 """torchrun --max_restarts over two machines, played by two launchers on this one (--nnodes=2, a
 c10d rendezvous on 127.0.0.1): a rank killed mid-run makes the job restart by itself, resume from
 the last checkpoint and end bit-identical to an uninterrupted run."""
+import contextlib
 import os
 import signal
 import socket
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed
@@ -41,9 +43,12 @@ def two_machines(data_dir, out_dir, fault="", timeout=120):
     try:
         outputs = [p.communicate(timeout=max(1.0, deadline - time.time()))[0] for p in launchers]
     finally:
-        for p in launchers:  # each launcher leads a process group with its ranks
+        for p in launchers:  # the launcher, then its ranks: torchrun starts each in a process group of its own
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+                ranks = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+                for pid in (p.pid, *map(int, ranks)):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
     return [p.returncode for p in launchers], outputs
 
 
