@@ -156,7 +156,8 @@ def reached(point):
     """Tests only: where a run may fail as a machine makes it fail. NANOTALK_FAULT (comma-separated)
     'kill:<point>' SIGKILLs this process there; '<ERRNO>:<point>' (ENOSPC, EROFS, ...) fails there
     as a write would. Points: prepare-tokenizing, -appending, -renaming, -meta (write_dataset),
-    out_dir, save-written, -replaced, -linked, -kept (checkpoint.py)."""
+    out_dir (checkpoint.py and prepare_cli.py: is it writable), save-written, -replaced, -linked, -kept
+    (checkpoint.py)."""
     for fault in os.environ.get("NANOTALK_FAULT", "").split(","):
         kind, _, where = fault.partition(":")
         if where == point and kind == "kill":

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -66,8 +67,50 @@ def join_torchrun(device, backend, local_rank):
     if device.startswith('cuda'):
         device = f'cuda:{local_rank}'
         torch.cuda.set_device(device)
-    torch.distributed.init_process_group(backend, device_id=torch.device(device) if device.startswith('cuda') else None)
+    store, rank, world_size = next(torch.distributed.rendezvous('env://'))
+    if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True':
+        store = fresh_store(store, rank, world_size)
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                         device_id=torch.device(device) if device.startswith('cuda') else None)
+    print_traceback = sys.excepthook  # torch's: each line marked with the rank
+
+    def fail_at_once(*error):  # e.g. a collective with a dead rank: out now, so torchrun restarts the job
+        print_traceback(*error)
+        leave_torchrun(1)
+    sys.excepthook = fail_at_once
     return device
+
+
+def fresh_store(store, rank, world_size):
+    """The part of torchrun's store that this attempt of the job owns. Every attempt (--max_restarts)
+    gets the same store, still holding the keys of the attempt before: a restarted rank could
+    read a dead rank's address and never connect. So the ranks agree on a new prefix first. Rank
+    0 deletes each rank's nonce key, then answers the nonce each rank posts there with the prefix:
+    a key it reads after deleting it was written by a live rank (torchrun stops every rank of an
+    attempt before it starts the next), and a rank posts again until it is answered."""
+    if rank == 0:
+        prefix = uuid.uuid4().hex
+        for r in range(1, world_size):
+            store.delete_key(f'nanotalk/nonce/{r}')
+        for r in range(1, world_size):
+            store.set(f'nanotalk/answer/{store.get(f"nanotalk/nonce/{r}").decode()}', prefix)
+    else:
+        nonce = uuid.uuid4().hex
+        while not store.check([f'nanotalk/answer/{nonce}']):
+            store.set(f'nanotalk/nonce/{rank}', nonce)
+            time.sleep(0.2)
+        prefix = store.get(f'nanotalk/answer/{nonce}').decode()
+    return torch.distributed.PrefixStore(f'nanotalk/{prefix}/', store)
+
+
+def leave_torchrun(code):
+    """End this rank with code, skipping Python's shutdown. gloo's threads can still be dropping
+    the last collective's tensors as the main thread exits; one that then needs the GIL aborts the
+    process (std::terminate, SIGABRT: 2 of ~45 restarted jobs here), and torchrun counts a run that
+    ended well as failed. What the run writes is closed or flushed by now."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def autocast(device_type, dtype):
@@ -102,7 +145,10 @@ class StopRequest:
 def read_faults():
     """Tests only, from NANOTALK_FAULT (comma-separated): 'kill:K' SIGKILL after iter K, 'term:K'
     SIGTERM rank 0 after K, 'nan:K' a NaN loss at K, 'slow:K' sleep after K -> {kind: K}. Faults
-    at a named point ('kill:save-linked', 'ENOSPC:out_dir'): dataset.reached."""
+    at a named point ('kill:save-linked', 'ENOSPC:out_dir'): dataset.reached. Under torchrun they
+    hold in a job's first attempt only (TORCHELASTIC_RESTART_COUNT 0): the restart it makes runs on."""
+    if int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)):
+        return {}
     faults = (f.split(':', 1) for f in os.environ.get('NANOTALK_FAULT', '').split(',') if f)
     return {kind: int(k) for kind, k in faults if k.isdigit()}
 

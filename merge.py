@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from dataset import SPLITS, atomic_write, load_meta, open_split, recover, write_json
+from dataset import SPLITS, atomic_write, hold_folder, load_meta, open_split, recover, write_json
 from tokenizer import FILE_KINDS, tokenizer_key
 
 FORMAT_KEYS = ("format_version", "labels", "context_label", "separator")
@@ -42,21 +42,21 @@ def merge(out_dir, in_dirs):
     for d, m in zip(in_dirs, metas):  # a shard that does not read as one is refused, not copied on
         for s in SPLITS:
             open_split(d, s, m)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    recover(out_dir)
-    (out_dir / "meta.json").unlink(missing_ok=True)  # no complete-looking dataset until the end
-    sources = {name: [Path(d) / name for d in in_dirs] for s in SPLITS for name in (f"{s}.bin", f"{s}.roles")}
-    if specs[0]["kind"] in FILE_KINDS:
-        sources[specs[0]["path"]] = [Path(in_dirs[0]) / specs[0]["path"]]
-    for name, paths in sources.items():
-        with atomic_write(out_dir / name) as dst:
-            for path in paths:
-                with open(path, "rb") as src:
-                    shutil.copyfileobj(src, dst, 1 << 24)
-    meta = dict(metas[0], tokenizer=specs[0], inputs=[i for m in metas for i in m["inputs"]])
-    meta["counts"] = {s: dict(sum((Counter(m["counts"][s]) for m in metas), Counter())) for s in SPLITS}
-    meta["report"] = dict(sum((Counter(m["report"]) for m in metas), Counter()))
-    write_json(out_dir / "meta.json", meta)
+    with hold_folder(out_dir):  # one run writes into a folder at a time, as prepare and train.py
+        recover(out_dir)
+        (out_dir / "meta.json").unlink(missing_ok=True)  # no complete-looking dataset until the end
+        sources = {name: [Path(d) / name for d in in_dirs] for s in SPLITS for name in (f"{s}.bin", f"{s}.roles")}
+        if specs[0]["kind"] in FILE_KINDS:
+            sources[specs[0]["path"]] = [Path(in_dirs[0]) / specs[0]["path"]]
+        for name, paths in sources.items():
+            with atomic_write(out_dir / name) as dst:
+                for path in paths:
+                    with open(path, "rb") as src:
+                        shutil.copyfileobj(src, dst, 1 << 24)
+        meta = dict(metas[0], tokenizer=specs[0], inputs=[i for m in metas for i in m["inputs"]])
+        meta["counts"] = {s: dict(sum((Counter(m["counts"][s]) for m in metas), Counter())) for s in SPLITS}
+        meta["report"] = dict(sum((Counter(m["report"]) for m in metas), Counter()))
+        write_json(out_dir / "meta.json", meta)
     return meta
 
 

@@ -14,8 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 from chat import CONTEXT_LABEL, LABELS, Document, dialogue_pieces
-from dataset import (JOURNAL, SPLITS, NothingKept, file_identity, hold_folder, is_val, load_meta, recover, split_key,
-                     write_dataset)
+from dataset import (JOURNAL, SPLITS, NothingKept, file_identity, hold_folder, is_val, load_meta, reached, recover,
+                     split_key, write_dataset)
 from readers import MAX_RECORD_MB, Report, expand_inputs
 from tokenizer import BPE_FILE, CharTokenizer, load_tokenizer, train_bpe
 
@@ -85,6 +85,7 @@ def check_settings(args):
         while not folder.exists():
             folder = folder.parent
         try:
+            reached("out_dir")
             tempfile.TemporaryFile(dir=folder).close()
         except OSError as e:
             bad("--out_dir", args.out_dir, f"a folder this process can write in ({folder}: {e.strerror})")
@@ -115,22 +116,24 @@ DATASET_FILES = ("meta.json", JOURNAL, BPE_FILE, *(f"{s}.{ext}" for s in SPLITS 
 WRITE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # a disk full or read-only
 
 
-def prepare(args, read_items, script_file, patterns=("*",)):
+def prepare(args, read_items, script_file, patterns=("*",), own=()):
     """Run a prepare script (its settings checked by prepare_parser): put out_dir right after a run
     that was killed, resolve inputs, skip those already in the dataset (--append), build the
-    tokenizer, stream read_items(paths, report) into shards and print a summary."""
+    tokenizer, stream read_items(paths, report) into shards and print a summary. own: the script's
+    other files and folders (Reddit's thread store), which are never input either."""
     out_dir = Path(args.out_dir or Path(script_file).resolve().parent)
     with hold_folder(out_dir):  # one run writes into a folder at a time
-        return build(args, out_dir, read_items, script_file, patterns)
+        return build(args, out_dir, read_items, script_file, patterns, own)
 
 
-def build(args, out_dir, read_items, script_file, patterns):
+def build(args, out_dir, read_items, script_file, patterns, own):
     """prepare's work, in out_dir, which it holds."""
     recover(out_dir)
     max_record = int(args.max_record_mb * 2**20)
     report = Report(strict=args.strict, max_record=max_record)
-    own = {out_dir.resolve() / name for name in DATASET_FILES}  # an input folder may be out_dir itself
-    paths = [p for p in expand_inputs(args.inputs, patterns) if Path(p).resolve() not in own]
+    # an input folder may be out_dir itself: the dataset's files and the script's own are no input
+    own = {Path(p).resolve() for p in (*(out_dir / name for name in DATASET_FILES), *own)}
+    paths = [p for p in expand_inputs(args.inputs, patterns) if own.isdisjoint(resolved_and_parents(p))]
     if not paths:
         sys.exit(f"error: no input files in {' '.join(args.inputs)} (looking for {' '.join(patterns)})")
     reading = args.reading
@@ -192,6 +195,11 @@ def build(args, out_dir, read_items, script_file, patterns):
     print_summary(out_dir, meta, report, seconds)
     warn_if_thin(meta, old, report, args.val_fraction)
     return meta
+
+
+def resolved_and_parents(path):
+    path = Path(path).resolve()
+    return [path, *path.parents]
 
 
 def nothing_kept(report, paths, script_file, out_dir):

@@ -37,7 +37,7 @@ import hf
 from dataset import open_datasets
 from eval import response_selection, sample_reply, split_dialogues
 from machine import (Budget, Schedule, StopRequest, autocast, choose, duration, inject_faults, join_torchrun,
-                     peak_flops, read_faults, tune_process)
+                     leave_torchrun, peak_flops, read_faults, tune_process)
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
 
@@ -157,8 +157,11 @@ def log(*args):
 def finish(code=0, message=None):
     if message:
         log(message)
+    if wandb_log and master:
+        wandb.finish(exit_code=code)
     if ddp:
         dist.destroy_process_group()
+        leave_torchrun(code)
     sys.exit(code)
 
 

@@ -1,8 +1,9 @@
-"""Nothing lost in prepare: one run per out_dir, an input folder that is also the out_dir, a damaged
-meta.json, a full or read-only disk, a killed Reddit run's bucket folders; and data read as the user
-meant it: --append tells inputs apart by their bytes and the flags that read them, an HH-RLHF
-chosen/rejected pair lands in one split, --context_key takes objects and lists, DailyDialog's
-folder is read for its dialogue files only."""
+"""Nothing lost in prepare: one run per out_dir (a merge's too), an input folder that is also the
+out_dir (Reddit's thread store in it too), a damaged meta.json, a full or read-only disk, a killed
+Reddit run's bucket folders; and data read as the user meant it: --append tells inputs apart by
+their bytes and the flags that read them, an HH-RLHF chosen/rejected pair lands in one split,
+--context_key takes objects and lists and a field left unread is named, DailyDialog's folder is
+read for its dialogue files only."""
 import importlib.util
 import json
 import os
@@ -81,6 +82,25 @@ def test_one_prepare_per_out_dir(tmp_path, halves):
     assert "wrote" in ok(prepare("dailydialog", b, "--out_dir", out, "--append")).stdout  # a killed holder holds nothing
 
 
+def test_one_merge_per_out_dir(tmp_path, halves):
+    """merge.py into a folder another run holds stops at once, naming the holder, and writes nothing."""
+    a = tmp_path / "a"
+    ok(prepare("dailydialog", halves[0], "--out_dir", a, "--tokenizer", "char"))
+    out = tmp_path / "merged"
+    merge = [sys.executable, "merge.py", str(out), str(a)]
+    ok(subprocess.run(merge, cwd=ROOT, capture_output=True, text=True, timeout=120))
+    before = files(out)
+    holder = hold(out)
+    try:
+        p = subprocess.run(merge + [str(a)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        one_line_error(p, f"error: {out} is in use by another run (pid {holder.pid})")
+        assert files(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "2 datasets" in ok(subprocess.run(merge + [str(a)], cwd=ROOT, capture_output=True, text=True, timeout=120)).stdout
+
+
 def test_an_input_folder_that_is_the_out_dir_is_read_without_the_dataset(tmp_path, halves):
     folder = tmp_path / "chats"
     folder.mkdir()
@@ -93,6 +113,23 @@ def test_an_input_folder_that_is_the_out_dir_is_read_without_the_dataset(tmp_pat
     assert [i["name"] for i in dataset.load_meta(folder)["inputs"]] == ["chats.json"]
 
 
+def test_a_reddit_folder_that_is_the_out_dir_is_read_without_the_runs_own_files(tmp_path):
+    """The thread store (--keep_threads) and the temporary bucket folders of a run whose input
+    folder is its out_dir are no input of the next run."""
+    reddit = load_script("reddit")
+    folder = tmp_path / "reddit"
+    folder.mkdir()
+    (folder / "RC_2005-12.zst").write_bytes(shared_file("reddit", "RC_2005-12.zst").read_bytes())
+
+    def run(*flags):
+        return reddit.main([str(folder), "--out_dir", str(folder), "--workers", "1", "--keep_threads", *flags])
+    first = run("--tokenizer", "char")
+    assert list((folder / "threads").glob("*.zst"))  # a store, in the input folder
+    assert run("--append") == first  # nothing new
+    assert run("--tokenizer", "char")["counts"] == first["counts"]
+    assert [i["name"] for i in dataset.load_meta(folder)["inputs"]] == ["RC_2005-12.zst"]
+
+
 @pytest.mark.parametrize("damage", ['{"format', "{}"])
 def test_a_damaged_meta_json_is_named_and_a_plain_run_replaces_it(tmp_path, halves, damage):
     a, b = halves
@@ -100,8 +137,8 @@ def test_a_damaged_meta_json_is_named_and_a_plain_run_replaces_it(tmp_path, halv
     ok(prepare("dailydialog", a, "--out_dir", out, "--tokenizer", "char"))
     (out / "meta.json").write_text(damage)
     for p in (prepare("dailydialog", b, "--out_dir", out, "--append"),
-              subprocess.run([sys.executable, "train.py", f"--dataset={out}", "--device=cpu"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)):
+              *(subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                for command in (["train.py", f"--dataset={out}", "--device=cpu"], ["merge.py", tmp_path / "m", out]))):
         line = one_line_error(p, f"error: {out / 'meta.json'} is damaged (")
         assert line.endswith("prepare the dataset again (a prepare run without --append replaces it), "
                              "or into another --out_dir")
@@ -131,6 +168,13 @@ def test_a_full_or_read_only_disk_in_prepare_is_one_line(tmp_path, halves, fault
     ok(prepare("dailydialog", *args))  # the same command, once there is room
     ok(prepare("dailydialog", b, "--out_dir", ref, "--append"))
     assert files(out) == files(ref)
+
+
+def test_a_read_only_out_dir_stops_prepare_before_any_work(tmp_path, halves):
+    out = tmp_path / "out"
+    p = prepare("dailydialog", halves[0], "--out_dir", out, "--tokenizer", "char", fault="EROFS:out_dir")
+    one_line_error(p, f"error: --out_dir {out}: want a folder this process can write in ({tmp_path}: Read-only file system)")
+    assert not out.exists()
 
 
 def test_a_killed_reddit_runs_bucket_folders_are_removed_by_the_next(tmp_path, capsys):
@@ -194,6 +238,29 @@ def test_context_key_takes_an_object_or_a_list_of_them(tmp_path):
         meta = dataset.load_meta(out)
         text = chat.load_tokenizer(meta).decode(dataset.open_split(out, "train", meta)[0].tolist())
         assert f"{chat.CONTEXT_LABEL}: {context}{chat.SEPARATOR}A: where is a gas station?" in text, text
+
+
+def test_a_field_left_unread_is_named_and_a_bad_contexts_real_type(tmp_path, capsys):
+    """KVRET read without --context_key: the summary says its knowledge base was not read and how to
+    keep it; a context that is not text (a system turn's object) is bad input naming its type."""
+    record = {"dialogue": [{"turn": "driver", "data": {"utterance": "where is a gas station?"}},
+                           {"turn": "assistant", "data": {"utterance": "Valero is 4 miles away."}}],
+              "scenario": {"kb": {"items": [{"poi": "Valero", "distance": "4 miles"}]}}, "uuid": "x1"}
+    src = tmp_path / "kvret.json"
+    src.write_text(json.dumps([record, record]))
+    kvret = ["--turns_key", "dialogue", "--speaker_key", "turn", "--text_key", "data.utterance", "--speaker", "driver=user"]
+
+    def run(path, *flags):
+        jsonl.main([str(path), "--out_dir", str(tmp_path / "out"), "--workers", "1", "--tokenizer", "char",
+                    "--val_fraction", "0", *flags])
+        return capsys.readouterr()
+    assert "  not read: field scenario (--context_key scenario makes it the context block): 2\n" in run(src, *kvret).out
+    assert "not read" not in run(src, *kvret, "--context_key", "scenario.kb.items").out
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "system", "content": {"tone": "brief"}},
+                                              {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+                     + "\n" + json.dumps(["hello", "hi there"]) + "\n")
+    assert f"warning: {chats}:1: context is not a string: dict\n" in run(chats).err
 
 
 def test_a_dailydialog_folder_is_read_for_its_dialogue_files_only(tmp_path):

@@ -143,6 +143,7 @@ def test_openai_fields(overfit, served):
     assert ask(max_tokens=10 ** 9)[0] == answer(overfit, "hello")
     sampled = ask(temperature=5.0, seed=7)
     assert ask(temperature=5.0, seed=7) == sampled  # a seed makes a sampled reply repeatable
+    assert ask(temperature=1e-39)[0] == reply  # a temperature too small to divide by is greedy
 
     # system messages are the context block, consecutive messages of one role one turn: as /chat has them
     messages = [{"role": "system", "content": "a persona"}, {"role": "user", "content": "hel"},
@@ -343,6 +344,7 @@ def json_body(**fields):
     ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "hi"}] + HELLO}, "must be the user's"),
     ("/v1/chat/completions", {"messages": HELLO, "max_completion_tokens": 0}, "max_completion_tokens must be a whole number >= 1"),
     ("/v1/chat/completions", {"messages": HELLO, "stream": "yes"}, "stream must be true or false"),
+    ("/v1/chat/completions", {"messages": HELLO, "repetition_penalty": 1e-300}, "repetition_penalty must be in [0.01, 100]"),
 ])
 def test_bad_requests_get_a_400_naming_the_field(served, path, body, says):
     status, answer_ = post(served.url + path, body)

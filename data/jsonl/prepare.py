@@ -25,7 +25,8 @@ A dialogue is
 Keys are dotted paths into nested objects (--text_key data.utterance). Speakers: user, human,
 customer -> A; assistant, gpt, bot, agent, model, ai -> B; system, developer -> the context
 block, with a "context" or "persona" field (--context_key: a string, an object as one line of
-'key: value, ...', or a list of them, a line each); tool, function, ipython -> a Context: turn
+'key: value, ...', or a list of them, a line each; the summary names a dialogue's object and list
+fields that are not read, such as a knowledge base); tool, function, ipython -> a Context: turn
 where it falls (--drop_tool_turns drops them). --speaker NAME=ROLE,... names the others (ROLE:
 user, assistant, system, tool or drop); a speaker of no known role stops the run.
 Consecutive turns of one speaker are joined; the model's turns before the user's first are dropped.
@@ -85,9 +86,26 @@ def parse_args(argv=None):
     return args
 
 
+def first_key(record, keys):
+    """The first of keys that record has a value at, or None."""
+    return next((k for k in keys if lookup(record, k) is not None), None)
+
+
 def first(record, keys):
     """The value of the first of keys that record has, or None."""
-    return next((v for v in (lookup(record, k) for k in keys) if v is not None), None)
+    key = first_key(record, keys)
+    return None if key is None else lookup(record, key)
+
+
+def unread_fields(record, args):
+    """The fields of a dialogue object that hold data (an object or a list) this run does not read,
+    such as KVRET's knowledge base without --context_key: the summary counts them, saying how to
+    keep one."""
+    if args.group_by or not isinstance(record, dict):
+        return []
+    keys = (first_key(record, args.turn_lists), first_key(record, args.context_keys), args.transcript_key)
+    read = {k.split(".")[0] for k in keys if k}
+    return [k for k, v in record.items() if v and isinstance(v, (dict, list)) and k not in read]
 
 
 def transcript(text):
@@ -191,6 +209,8 @@ def read_dialogues(paths, report, args):
             except ValueError as e:
                 report.bad(where, str(e))
                 continue
+            for field in unread_fields(record, args):
+                report.counts[f"not read: field {field} (--context_key {field} makes it the context block)"] += 1
             if (pairs := labelled(turns, context, args, report, where)) is None:
                 continue
             odd = [c for c in context if not isinstance(c, str)]  # make_dialogue reports the first's type

@@ -539,7 +539,8 @@ def main(argv=None):
     try:
         reading = {k: v for k, v in args.reading.items() if k not in RUN_FLAGS}  # what --append tells inputs apart by
         meta = prepare(argparse.Namespace(**{**vars(args), "reading": reading, "inputs": args.inputs or [str(RAW)],
-                                             "workers": 1}), read, __file__, PATTERNS)
+                                             "workers": 1}), read, __file__, PATTERNS,
+                       own=(store, out_dir / "threads.new", tmp_root))  # an input folder may be out_dir
         if store_out and (store_out / STORE_INFO).exists():  # this run's threads, for the next --append
             shutil.rmtree(store, ignore_errors=True)
             os.replace(store_out, store)
