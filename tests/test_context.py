@@ -3,7 +3,6 @@ F.cross_entropy, --doc_mask equals each dialogue on its own, a rope checkpoint e
 window (rope_scale) trains, resumes exactly and samples, and the passkey probe tells a model that
 retrieves from one that does not."""
 import json
-import os
 import re
 import subprocess
 import sys
@@ -191,30 +190,6 @@ def test_passkey_of_a_model_that_answers_right_is_exact(tokenizer, request):
     for distance in (0, 50, 300):
         assert eval_module.passkey_scores(oracle, tok, distance, trials=5) == (1.0, 1.0)
     assert eval_module.passkey_scores(oracle, tok, 1000, trials=5) is None
-
-
-def test_passkey_of_a_model_trained_on_the_passkey_data_is_near_exact(tmp_path):
-    """A 2x64 rope char model trained on passkey dialogues (data/passkey/prepare.py without filler:
-    the key, "OK.", the question, the answer) learns to repeat the key: eval.py --passkey is near
-    100% exact in its window, where the same model untrained answers at chance."""
-    subprocess.run([sys.executable, "data/passkey/prepare.py", "--tokenizer=char", "--dialogues=4000", "--max_filler=0",
-                    f"--out_dir={tmp_path / 'data'}"], cwd=ROOT, capture_output=True, check=True, timeout=120)
-    model_args = ["--rope=True", "--n_layer=2", "--n_head=4", "--n_embd=64", "--block_size=256"]
-    cmd = [sys.executable, "train.py", f"--dataset={tmp_path / 'data'}", f"--out_dir={tmp_path / 'out'}", *model_args,
-           "--device=cpu", "--dtype=float32", "--compile=False", "--dropout=0.0", "--batch_size=16",
-           "--max_iters=900", "--eval_interval=900", "--eval_iters=1", "--learning_rate=1e-2", "--warmup_iters=30",
-           "--decay_lr=False", "--weight_decay=0", "--muon=True", "--train_on=B"]
-    p = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                       timeout=600)
-    assert p.returncode == 0, p.stderr
-    exact, digits = passkey_eval(tmp_path / "out" / "ckpt.pt", "0", trials=20)[0]
-    assert exact >= 0.9 and digits >= 0.95
-    tok = load_tokenizer(load_meta(tmp_path / "data"))
-    torch.manual_seed(0)
-    untrained = GPT(GPTConfig(block_size=256, vocab_size=tok.vocab_size, n_layer=2, n_head=4, n_embd=64, rope=True))
-    passkey_checkpoint(tmp_path / "untrained.pt", untrained, tok)
-    exact, digits = passkey_eval(tmp_path / "untrained.pt", "0", trials=40)[0]
-    assert exact <= 0.05 and 0.02 < digits < 0.2
 
 
 def test_extended_rope_exports_as_linear_rope_scaling(tmp_path):
