@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 from contextlib import contextmanager
@@ -12,6 +13,18 @@ sys.path.insert(0, str(ROOT))
 if (SHARED / "tiktoken_cache").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
 
+
+
+def load_script(name):
+    """data/<name>/prepare.py as a module, loaded once for every test file: registered in sys.modules
+    so --workers' processes find its functions by name (one object, so pickling finds the same one)."""
+    module_name = f"{name}_prepare_script"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, ROOT / "data" / name / "prepare.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 def shared_file(*parts):
     """A file from ../shared/data, or skip the test with the reason."""

@@ -3,7 +3,6 @@ written from the format's public description, prepared and decoded back turn by 
 keep nothing or lose most of their input; Reddit's [deleted] authors and unpaired dumps;
 detokenize on real DailyDialog lines; User:/Agent: text that lost its <|endoftext|>."""
 import gzip
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,15 +16,8 @@ import dataset
 import prepare_cli
 import readers
 import tokenizer
-from conftest import ROOT, shared_file
+from conftest import ROOT, load_script, shared_file
 
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"corpora_{name}_prepare", ROOT / "data" / name / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # so --workers' processes find its functions by name
-    spec.loader.exec_module(module)
-    return module
 
 
 jsonl, reddit = load_script("jsonl"), load_script("reddit")

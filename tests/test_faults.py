@@ -2,7 +2,6 @@
 files, huge records, a worker pool torn down at once, and fuzzed input for every reader."""
 import functools
 import gzip
-import importlib.util
 import json
 import os
 import random
@@ -22,7 +21,7 @@ import merge
 import prepare_cli
 import readers
 import tokenizer
-from conftest import ROOT, dailydialog_halves
+from conftest import ROOT, load_script, dailydialog_halves
 
 
 def command(name, *args):
@@ -299,13 +298,6 @@ def test_a_50_mb_json_line_costs_no_memory(tmp_path):
 
 
 # ----------------------------------------------------------------------------- fuzzed input
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"faults_{name}_prepare", ROOT / "data" / name / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 WRONG = [None, 0, -1.5, True, "", "x", [], {}, [1, None], {"a": [1]}, "\ud83d", 10 ** 30]

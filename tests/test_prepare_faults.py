@@ -4,7 +4,6 @@ Reddit run's bucket folders; and data read as the user meant it: --append tells 
 their bytes and the flags that read them, an HH-RLHF chosen/rejected pair lands in one split,
 --context_key takes objects and lists and a field left unread is named, DailyDialog's folder is
 read for its dialogue files only."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,15 +13,8 @@ import pytest
 
 import chat
 import dataset
-from conftest import ROOT, dailydialog_halves, shared_file
+from conftest import ROOT, load_script, dailydialog_halves, shared_file
 
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"prepare_faults_{name}", ROOT / "data" / name / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 jsonl = load_script("jsonl")
