@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +97,20 @@ class Dataset:
     weight: float  # its share of the training batches in a mixture
     meta: dict
     splits: dict   # 'train' and 'val': (tokens, roles) memmaps
+    starts: dict = field(default_factory=dict, repr=False)  # dialogue_starts' offsets, per split
+
+    def dialogue_starts(self, split, block_size):
+        """The offsets of a split's eots that a window of block_size + 1 tokens can start at (each
+        begins a dialogue): found once, reading the split in chunks, 8 bytes kept per dialogue."""
+        if split not in self.starts:
+            tokens, chunk = self.splits[split][0], 1 << 24
+            end = len(tokens) - block_size
+            found = [np.flatnonzero(tokens[i:min(i + chunk, end)] == self.meta["eot"]) + i for i in range(0, max(end, 0), chunk)]
+            self.starts[split] = np.concatenate(found) if found else np.zeros(0, np.int64)
+            if not len(self.starts[split]):
+                sys.exit(f"error: {self.dir}/{split}.bin has no eot before its last {block_size} tokens: "
+                         f"no window of it can start at a dialogue (dialogue_windows)")
+        return self.starts[split]
 
 
 def open_datasets(setting, data_root):

@@ -7,10 +7,12 @@ trains on these dialogues and eval.py --passkey scores a model on them: both bui
     A: What is the pass key?   B: The pass key is 58213.
 """
 import re
+import string
 
 import chat
 
 FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
+ECHO_CHARS = string.ascii_lowercase + string.digits  # the strings of echo turns
 QUESTION = "What is the pass key?"
 ANSWER = "The pass key is"  # B's reply starts so; the key follows
 
@@ -24,14 +26,23 @@ def dialogue(key, filler):
     return [f"{ANSWER} {key}. Remember it.", "OK.", *filler, QUESTION, f"{ANSWER} {key}."]
 
 
-def filler(rng, distance, length=len):
+def filler(rng, distance, length=len, echo=0.0):
     """Filler turns, two at a time (so A asks the question), whose rendered text with B's "OK."
-    reaches distance, as length measures it (characters, or a tokenizer's tokens)."""
+    reaches distance, as length measures it (characters, or a tokenizer's tokens). With echo, that
+    share of the pairs are echo turns instead ("A: Say x7q0fk2." "B: x7q0fk2."): the training set's,
+    because copying what came before is what retrieval is built from, and a model trained from
+    scratch learns it from many copies a dialogue, never from one key (its loss on the key stays at
+    chance). The eval's filler has none."""
     turns, size = [], length(chat.turn_text(chat.LABELS[1], "OK."))
     while size < distance:
-        for label in chat.LABELS:
-            turns.append(" ".join(rng.choice(FILLER) for _ in range(rng.randint(1, 3))))
-            size += length(chat.turn_text(label, turns[-1]))
+        if echo and rng.random() < echo:  # no draw at echo 0: the eval's seeded dialogues never depend on it
+            said = "".join(rng.choice(ECHO_CHARS) for _ in range(rng.randint(8, 30)))
+            pair = [f"Say {said}.", f"{said}."]
+        else:
+            pair = [" ".join(rng.choice(FILLER) for _ in range(rng.randint(1, 3))) for _ in chat.LABELS]
+        for label, turn in zip(chat.LABELS, pair):
+            turns.append(turn)
+            size += length(chat.turn_text(label, turn))
     return turns
 
 

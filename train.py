@@ -70,6 +70,7 @@ train_on = 'all'
 gradient_accumulation_steps = 1  # micro-steps per optimizer step, over all ranks together
 batch_size = 16  # sequences per micro-step
 block_size = 256
+dialogue_windows = False  # each window starts at a dialogue (an eot), not at any token: no reply without its start
 # model
 n_layer = 4
 n_head = 4
@@ -183,8 +184,13 @@ def get_batch(split, step, micro, source=None):
     resumed run, or one spread over another number of ranks, draws exactly the same. source picks
     the dataset instead of the weights (evaluation)."""
     torch.manual_seed(hash((seed, split == 'val', step, micro)))  # int tuples hash the same everywhere
-    tokens, roles = datasets[torch.multinomial(mix, 1).item() if source is None else source].splits[split]
-    ix = torch.randint(len(tokens) - block_size, (batch_size,)).tolist()
+    data = datasets[torch.multinomial(mix, 1).item() if source is None else source]
+    tokens, roles = data.splits[split]
+    if dialogue_windows:
+        starts = data.dialogue_starts(split, block_size)
+        ix = starts[torch.randint(len(starts), (batch_size,)).numpy()].tolist()
+    else:
+        ix = torch.randint(len(tokens) - block_size, (batch_size,)).tolist()
     xy = torch.from_numpy(np.stack([tokens[i:i + block_size + 1] for i in ix]).astype(np.int64))
     r = torch.from_numpy(np.stack([roles[i + 1:i + block_size + 1] for i in ix]))
     batch = xy[:, :-1].contiguous(), xy[:, 1:].contiguous(), r

@@ -16,7 +16,7 @@ import hf as hf_module
 import model as model_module
 import passkey
 from conftest import ROOT, assert_close_logits
-from dataset import load_meta, open_split
+from dataset import load_meta, open_datasets, open_split
 from model import GPT, GPTConfig, causal_attention
 from test_train import assert_same_weights, load, train, write_tiny_dataset
 from tokenizer import CharTokenizer, load_tokenizer
@@ -216,8 +216,36 @@ def test_passkey_prepare_writes_the_probe_dialogues(tmp_path):
     keys = re.findall(r"A: The pass key is (\d{5})\. Remember it\.\n\n\nB: OK\.\n\n\n", text)
     answers = re.findall(r"A: What is the pass key\?\n\n\nB: The pass key is (\d{5})\.\n\n\n", text)
     assert len(keys) == 40 and sorted(keys) == sorted(answers) and len(set(keys)) > 30
+    echoed = re.findall(r"A: Say ([a-z0-9]{8,30})\.\n\n\nB: \1\.\n\n\n", text)  # --echo's turns: B repeats A
+    assert len(echoed) > 20 and text.count("A: Say ") == len(echoed)
     [raw] = (tmp_path / "raw").iterdir()
     generated = raw.read_text()
     raw.unlink()
     subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
     assert raw.read_text() == generated
+
+
+def test_dialogue_windows_start_at_every_eot_a_window_fits_after(tmp_path):
+    """--dialogue_windows draws windows among the offsets of the split's eots (each starts a dialogue),
+    all of them that leave a whole window, and says so when no window can start at one."""
+    subprocess.run([sys.executable, "data/passkey/prepare.py", "--tokenizer=char", "--dialogues=60",
+                    f"--out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
+    [data] = open_datasets(str(tmp_path), str(tmp_path))
+    tokens, eot = data.splits["train"][0], data.meta["eot"]
+    starts = data.dialogue_starts("train", 300)
+    assert list(starts) == [i for i, t in enumerate(tokens.tolist()) if t == eot and i < len(tokens) - 300]
+    assert len(starts) > 40
+    with pytest.raises(SystemExit, match="no eot before its last"):
+        data.dialogue_starts("val", len(data.splits["val"][0]))
+
+
+def test_passkey_of_a_model_trained_on_the_passkey_data_is_exact_within_its_window():
+    """tests/data/passkey_512.pt is the 2 x 64 rope char model that docs/results.md's passkey commands
+    train (data/passkey/prepare.py's dialogues with echo turns, windows that start at a dialogue,
+    500 Muon steps at window 512; its weights kept in bf16): it repeats keys stated 0 to 300
+    characters before the question, where an untrained model gets none, and says where the window
+    ends. Retrieval forms suddenly, after 300 steps or more than 1,000 with other batches or kernels,
+    so the test reads the trained model rather than training one."""
+    scores = passkey_eval(ROOT / "tests" / "data" / "passkey_512.pt", "0,100,300,1000")
+    assert all(scores[d] == [1.0, 1.0] for d in (0, 100, 300)), scores
+    assert scores[1000] is None
