@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 		$(PY) sample.py --out_dir=out-chat-demo --interactive
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests  # the slowest tests named: the suite should stay well under 10 minutes
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)

@@ -244,8 +244,8 @@ def test_passkey_of_a_model_trained_on_the_passkey_data_is_exact_within_its_wind
     train (data/passkey/prepare.py's dialogues with echo turns, windows that start at a dialogue,
     500 Muon steps at window 512; its weights kept in bf16): it repeats keys stated 0 to 300
     characters before the question, where an untrained model gets none, and says where the window
-    ends. Retrieval forms suddenly, after 300 steps or more than 1,000 with other batches or kernels,
-    so the test reads the trained model rather than training one."""
+    ends. Retrieval forms suddenly, after 300 steps there and not within 1,000 with batch 8, so the
+    test reads the trained model rather than training one."""
     scores = passkey_eval(ROOT / "tests" / "data" / "passkey_512.pt", "0,100,300,1000")
     assert all(scores[d] == [1.0, 1.0] for d in (0, 100, 300)), scores
     assert scores[1000] is None
