@@ -231,6 +231,19 @@ def test_token_noise_changes_the_training_inputs_only_and_resumes_exactly(runs, 
     assert_same_weights(noisy, load(tmp_path / "killed" / "ckpt.pt"))
 
 
+def test_dialogue_windows_train_and_resume_exactly(runs, tmp_path):
+    """--dialogue_windows=True draws other windows than the reference run (the same first weights,
+    other ones after 8 steps), and a run SIGKILLed after step 5 resumes to the same weights bit for
+    bit: the windows come from the batch's seeded RNG, among the eots found again on resume."""
+    tmp, _ = runs
+    train(tmp, tmp_path / "aligned", "--max_iters=8", "--dialogue_windows=True")
+    aligned, plain = load(tmp_path / "aligned" / "ckpt.pt"), load(tmp / "full" / "ckpt.pt")
+    assert any(not torch.equal(v, plain["model"][k]) for k, v in aligned["model"].items())
+    assert train(tmp, tmp_path / "killed", "--max_iters=8", "--dialogue_windows=True", check=False, fault="kill:5").returncode
+    train(tmp, tmp_path / "killed", "--max_iters=8", "--dialogue_windows=True", "--init_from=resume")
+    assert_same_weights(aligned, load(tmp_path / "killed" / "ckpt.pt"))
+
+
 @pytest.fixture(scope="module")
 def nan_run(runs):
     """One process, trained on B's turns, the loss NaN at iter 3: the step is skipped."""
