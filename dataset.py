@@ -105,7 +105,8 @@ class Dataset:
         if split not in self.starts:
             tokens, chunk = self.splits[split][0], 1 << 24
             end = len(tokens) - block_size
-            found = [np.flatnonzero(tokens[i:min(i + chunk, end)] == self.meta["eot"]) + i for i in range(0, max(end, 0), chunk)]
+            found = [np.flatnonzero(tokens[i:min(i + chunk, end)] == self.meta["eot"]) + i
+                     for i in range(0, max(end, 0), chunk)]
             self.starts[split] = np.concatenate(found) if found else np.zeros(0, np.int64)
             if not len(self.starts[split]):
                 sys.exit(f"error: {self.dir}/{split}.bin has no eot before its last {block_size} tokens: "

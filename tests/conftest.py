@@ -14,7 +14,6 @@ if (SHARED / "tiktoken_cache").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
 
 
-
 def load_script(name):
     """data/<name>/prepare.py as a module, loaded once for every test file: registered in sys.modules
     so --workers' processes find its functions by name (one object, so pickling finds the same one)."""
@@ -25,6 +24,7 @@ def load_script(name):
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
     return sys.modules[module_name]
+
 
 def shared_file(*parts):
     """A file from ../shared/data, or skip the test with the reason."""

@@ -19,7 +19,6 @@ import tokenizer
 from conftest import ROOT, load_script, shared_file
 
 
-
 jsonl, reddit = load_script("jsonl"), load_script("reddit")
 
 

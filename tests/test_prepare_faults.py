@@ -16,7 +16,6 @@ import dataset
 from conftest import ROOT, load_script, dailydialog_halves, shared_file
 
 
-
 jsonl = load_script("jsonl")
 
 

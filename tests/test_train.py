@@ -86,6 +86,13 @@ def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def killed_and_resumed(data_dir, out_dir, *args):
+    """The checkpoint of a run of args SIGKILLed after step 5, then resumed to its end."""
+    assert train(data_dir, out_dir, *args, check=False, fault="kill:5").returncode
+    train(data_dir, out_dir, *args, "--init_from=resume")
+    return load(out_dir / "ckpt.pt")
+
+
 def assert_same_weights(a, b, atol=0.0):
     for k, v in a["model"].items():
         if atol:
@@ -132,9 +139,7 @@ def test_rope_trains_resumes_and_scores(runs, tmp_path):
     train(tmp, tmp_path / "rope", "--max_iters=8", "--rope=True")
     ckpt = load(tmp_path / "rope" / "ckpt.pt")
     assert ckpt["model_args"]["rope"] and not any("wpe" in k for k in ckpt["model"])
-    assert train(tmp, tmp_path / "killed", "--max_iters=8", "--rope=True", check=False, fault="kill:5").returncode
-    train(tmp, tmp_path / "killed", "--max_iters=8", "--rope=True", "--init_from=resume")
-    assert_same_weights(ckpt, load(tmp_path / "killed" / "ckpt.pt"))
+    assert_same_weights(ckpt, killed_and_resumed(tmp, tmp_path / "killed", "--max_iters=8", "--rope=True"))
     e = evals(train(tmp, tmp_path / "rope", "--eval_only=True", "--init_from=resume").stdout)
     assert e[8]["val"] < evals(stdout)[0]["val"] - 0.5  # it learnt
     out = subprocess.run([sys.executable, "eval.py", f"--out_dir={tmp_path / 'rope'}", "--dataset=" + str(tmp), "--json"],
@@ -226,9 +231,7 @@ def test_token_noise_changes_the_training_inputs_only_and_resumes_exactly(runs, 
     assert evals(p.stdout)[0] == evals(stdout)[0]
     noisy, plain = load(tmp_path / "noisy" / "ckpt.pt"), load(tmp / "full" / "ckpt.pt")
     assert any(not torch.equal(v, plain["model"][k]) for k, v in noisy["model"].items())
-    assert train(tmp, tmp_path / "killed", "--max_iters=8", "--token_noise=0.2", check=False, fault="kill:5").returncode
-    train(tmp, tmp_path / "killed", "--max_iters=8", "--token_noise=0.2", "--init_from=resume")
-    assert_same_weights(noisy, load(tmp_path / "killed" / "ckpt.pt"))
+    assert_same_weights(noisy, killed_and_resumed(tmp, tmp_path / "killed", "--max_iters=8", "--token_noise=0.2"))
 
 
 def test_dialogue_windows_train_and_resume_exactly(runs, tmp_path):
@@ -239,9 +242,7 @@ def test_dialogue_windows_train_and_resume_exactly(runs, tmp_path):
     train(tmp, tmp_path / "aligned", "--max_iters=8", "--dialogue_windows=True")
     aligned, plain = load(tmp_path / "aligned" / "ckpt.pt"), load(tmp / "full" / "ckpt.pt")
     assert any(not torch.equal(v, plain["model"][k]) for k, v in aligned["model"].items())
-    assert train(tmp, tmp_path / "killed", "--max_iters=8", "--dialogue_windows=True", check=False, fault="kill:5").returncode
-    train(tmp, tmp_path / "killed", "--max_iters=8", "--dialogue_windows=True", "--init_from=resume")
-    assert_same_weights(aligned, load(tmp_path / "killed" / "ckpt.pt"))
+    assert_same_weights(aligned, killed_and_resumed(tmp, tmp_path / "killed", "--max_iters=8", "--dialogue_windows=True"))
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ Synthetic passkey dialogues (passkey.py) -> A:/B: dialogue shards: a small set o
 learns to retrieve a key stated earlier in the dialogue, before it is extended to a longer window.
 
     python data/passkey/prepare.py --tokenizer char                                 # 30,000 dialogues, filler up to 400 chars
-    python data/passkey/prepare.py --tokenizer char --dialogues 2000 --max_filler 3500 --out_dir data/passkey_4k
+    python data/passkey/prepare.py --tokenizer data/passkey --dialogues 3000 --max_filler 3500 --echo 0 --out_dir data/passkey_4k
 
 The dialogues are written first to <out_dir>/raw/passkey_<dialogues>_<max_filler>_<echo>_<seed>.jsonl
 (one JSON list of turns a line, the same for the same settings), which is then the prepare's input. The
